@@ -1,0 +1,194 @@
+"""Adapter-only checkpoints (any method) and export of LoRA weights to the peft format.
+
+A checkpoint is a directory with `adapter.safetensors` (the method's trained parameters and, optionally, the task
+head, under the model's own parameter names) and `adapter_config.json` (method, its config, and the model it was
+trained on). Only safetensors is read: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from lora import methods
+from lora.methods.base import Injection
+from lora.methods.lora import FusedLoRA, LoRAConfig, LoRALinear, lora_modules
+from lora.models import head_parameter_names
+
+WEIGHTS, CONFIG = "adapter.safetensors", "adapter_config.json"
+FORMAT = "lora-suite-adapter/1"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _model_signature(model: nn.Module) -> dict[str, Any]:
+    cfg = model.config
+    return {"model_type": cfg.model_type, "hidden_size": getattr(cfg, "hidden_size", None)}
+
+
+def save_adapter(
+    model: nn.Module, directory: str | os.PathLike, method: str, cfg: Any, report: Injection, head: bool = True
+) -> Path:
+    """Write the parameters in `report.trainable` (and the task head) to `directory`. Returns the directory."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    params = dict(model.named_parameters())
+    head_names = head_parameter_names(model) if head else []
+    tensors = {n: params[n].detach().cpu().contiguous() for n in list(report.trainable) + head_names}
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{WEIGHTS}.")
+    os.close(fd)
+    save_file(tensors, tmp, metadata={"format": FORMAT})
+    os.replace(tmp, out / WEIGHTS)
+    meta = {
+        "format": FORMAT,
+        "method": method,
+        "config": asdict(cfg),
+        "model": _model_signature(model),
+        "trainable": list(report.trainable),
+        "head": head_names,
+        "shapes": {n: list(t.shape) for n, t in tensors.items()},
+    }
+    _atomic_write_text(out / CONFIG, json.dumps(meta, indent=2))
+    return out
+
+
+def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"no adapter at {directory}: {CONFIG} is missing")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an adapter written by this suite (format {meta.get('format')!r})")
+    return meta
+
+
+def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a truncated or corrupt file is a one-line error."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"adapter weights not found: {path}") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike, head: bool = True) -> Injection:
+    """Inject the saved method into `model` (unless it already carries it) and load the saved weights.
+
+    head=False skips the task head (e.g. starting MRPC from an MNLI adapter, whose head has 3 labels).
+    A checkpoint from another architecture or size is a clear error, before anything is changed.
+    """
+    meta = read_adapter_config(directory)
+    tensors = read_tensors(Path(directory) / WEIGHTS)
+    ours, theirs = _model_signature(model), meta["model"]
+    if ours != theirs:
+        raise ValueError(
+            f"adapter at {directory} was trained on a {theirs['model_type']} model of width {theirs['hidden_size']}, "
+            f"this is a {ours['model_type']} model of width {ours['hidden_size']}"
+        )
+    method = meta["method"]
+    cfg = methods.method_config(method, **meta["config"])
+    params = dict(model.named_parameters())
+    names = [n for n in tensors if head or n not in set(meta["head"])]
+    injected = all(n in params for n in meta["trainable"])
+    if not injected and all(n not in params for n in meta["trainable"]):
+        report = methods.apply(model, method, cfg, head=head_parameter_names(model))
+        params = dict(model.named_parameters())
+    elif injected:
+        report = Injection(method=method, trainable=list(meta["trainable"]))
+    else:
+        raise ValueError(f"model carries part of the adapter at {directory} already; load it into a fresh model")
+    for n in names:
+        if n not in params:
+            raise ValueError(f"adapter at {directory} has parameter {n!r}, which this model does not have")
+        if tuple(params[n].shape) != tuple(tensors[n].shape):
+            raise ValueError(
+                f"adapter at {directory}: {n} has shape {tuple(tensors[n].shape)} but the model's is "
+                f"{tuple(params[n].shape)} (trained on another model size?)"
+            )
+    with torch.no_grad():
+        for n in names:
+            params[n].copy_(tensors[n])
+    return report
+
+
+def export_peft(
+    model: nn.Module, directory: str | os.PathLike, cfg: LoRAConfig, base_model: str | None = None
+) -> Path:
+    """Write our LoRA weights as a peft adapter (`adapter_config.json` + `adapter_model.safetensors`) that
+    `peft.PeftModel.from_pretrained` loads to the same outputs.
+
+    GPT-2's per-slice q/v LoRA becomes the exactly equivalent rank-2r LoRA over the whole `c_attn`: A stacked
+    [A_q; A_v] (2r, d), B block-structured (3d, 2r) with B_q in the q rows and B_v in the v rows, and alpha doubled so
+    that alpha/r, the scaling, is unchanged.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    ranks: dict[str, int] = {}
+    alphas: dict[str, float] = {}
+    fan_in_fan_out = False
+    for path, m in lora_modules(model):
+        key = f"base_model.model.{path}"
+        fan_in_fan_out |= m.fan_in_fan_out
+        if isinstance(m, LoRALinear):
+            a, b = m.lora_A.detach(), m.lora_B.detach()
+        elif isinstance(m, FusedLoRA):
+            names = list(m.lora_A.keys())
+            a = torch.cat([m.lora_A[n].detach() for n in names], dim=0)
+            b = a.new_zeros(m.out_features, a.shape[0])
+            for i, (s, n) in enumerate(zip(m.slices, names, strict=True)):
+                b[s * m.width : (s + 1) * m.width, i * m.r : (i + 1) * m.r] = m.lora_B[n].detach()
+            if len(names) > 1:
+                ranks[path] = a.shape[0]
+                alphas[path] = cfg.alpha * len(names)
+        else:  # pragma: no cover
+            raise TypeError(type(m))
+        tensors[f"{key}.lora_A.weight"] = a.cpu().contiguous()
+        tensors[f"{key}.lora_B.weight"] = b.cpu().contiguous()
+    heads = head_parameter_names(model)
+    params = dict(model.named_parameters())
+    for n in heads:
+        tensors[f"base_model.model.{n}"] = params[n].detach().cpu().contiguous()
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    head_modules = sorted({n.rsplit(".", 2)[0] if n.count(".") >= 2 else n.split(".")[0] for n in heads})
+    peft_cfg = {
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS" if heads else "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": [p for p, _ in lora_modules(model)],
+        "rank_pattern": ranks,
+        "alpha_pattern": alphas,
+        "fan_in_fan_out": fan_in_fan_out,
+        "bias": "none",
+        "modules_to_save": head_modules or None,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+    }
+    _atomic_write_text(out / "adapter_config.json", json.dumps(peft_cfg, indent=2))
+    return out

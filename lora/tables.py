@@ -1,0 +1,435 @@
+"""The paper's result tables, rebuilt from run records (`lora.records`) and the paper's numbers (results/paper/*.csv).
+
+Every cell is the median over seeds of the best-epoch metric of the COMPLETE records of one (experiment, model, r)
+and task, the sample standard deviation (ddof=1; none for a single seed) and the number of seeds, next to the
+paper's value and the difference (ours - paper), on the paper's printed scale (percent for GLUE and BLEU). This is
+the paper's protocol: best epoch of each run, median over seeds (Appendix D.1). Nothing is ever filled in: a cell
+without a complete record is "–"; diverged/oom/failed/running records are listed under their table with the reason.
+
+Usage: `python -m lora.tables --runs results/runs --paper results/paper --out results`, which writes
+`results/tables/<table>.{md,tex,csv}` and `results/README.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lora.records import FAILED, IGNORED_KEYS, RecordWarning, RunRecord, config_hash, load_records
+
+MISSING = "–"
+SYMBOLS = ("*", "†")  # the paper's marks: numbers from prior work, Houlsby-style setup
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One paper table rebuilt from records: output name, reference CSV under the paper dir, title."""
+
+    name: str
+    csv: str
+    title: str
+
+
+TABLES: tuple[Spec, ...] = (
+    Spec("table2", "table2_glue.csv", "Table 2: GLUE dev (RoBERTa base/large, DeBERTa XXL)"),
+    Spec("table3", "table3_e2e.csv", "Table 3: E2E NLG Challenge test (GPT-2 medium/large)"),
+    Spec("table13", "table13_dart.csv", "Table 13: DART test (GPT-2 medium/large)"),
+    Spec("table14", "table14_webnlg.csv", "Table 14: WebNLG test, U/S/A = unseen/seen/all categories"),
+    Spec("table5", "table5_targets.csv", "Table 5: which weight matrices to adapt (paper: GPT-3, 18M)"),
+    Spec("table6", "table6_rank.csv", "Table 6: LoRA rank r (paper: GPT-3)"),
+    Spec("table18", "table18_e2e_rank.csv", "Table 18: LoRA rank r on E2E (GPT-2 medium)"),
+)
+
+# Tables and figures of the paper that are not rebuilt from run records, and where their numbers live.
+REFERENCE_ONLY: tuple[tuple[str, str], ...] = (
+    ("Table 1: inference latency (GPT-2 medium)", "paper values in results/paper/table1_latency.csv"),
+    ("Figure 5: latency over batch x sequence length", "measured by the latency benchmark, not from records"),
+    ("Table 4: GPT-3 175B (not replicated)", "paper values in results/paper/table4_gpt3.csv"),
+    (
+        "Table 7, Figures 3-4: subspace analysis (Sec. 7)",
+        "paper values in results/paper/table7_amplification.csv",
+    ),
+    (
+        "Tables 9-11: hyperparameters",
+        "results/paper/table9_roberta.csv, table10_deberta.csv, table11_gpt2.csv",
+    ),
+)
+
+PAPER_COLUMNS = ("table", "row", "model", "method", "params_label", "experiment", "r", "task", "metric", "column",
+                 "value", "spread", "scale", "decimals", "note")  # fmt: skip
+
+
+@dataclass
+class Built:
+    """One rebuilt table: tidy cells, the records that fed it, and those left out (not complete)."""
+
+    spec: Spec
+    cells: pd.DataFrame
+    used: list[RunRecord]
+    left_out: list[RunRecord]
+    mixed: list[str]
+
+
+# ----------------------------------------------------------------------------------------------------- inputs
+
+
+def load_paper(paper_dir: str | os.PathLike[str], csv: str) -> pd.DataFrame:
+    """A paper table (tidy CSV, values on the printed scale); ValueError if a column is missing."""
+    path = Path(paper_dir) / csv
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"paper table {str(path)!r} not found; pass paper_dir= pointing at results/paper"
+        )
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    missing = [c for c in PAPER_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"paper table {path} lacks columns {missing}; expected {list(PAPER_COLUMNS)}")
+    return df
+
+
+def record_rank(record: RunRecord) -> int | None:
+    """The LoRA rank r of a record: config["method"]["r"], else config["r"], else the first integer "r" key found
+    anywhere in the config; None if there is none."""
+    cfg = record.config
+    for v in (cfg.get("method", {}).get("r") if isinstance(cfg.get("method"), dict) else None, cfg.get("r")):
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return _find_int(cfg, "r")
+
+
+def _find_int(x: Any, key: str) -> int | None:
+    if isinstance(x, dict):
+        if isinstance(x.get(key), int) and not isinstance(x[key], bool):
+            return x[key]
+        for v in x.values():
+            if (found := _find_int(v, key)) is not None:
+                return found
+    return None
+
+
+def _dedupe(records: list[RunRecord]) -> list[RunRecord]:
+    """One record per config hash (copies of the same run): the complete one, then the last finished."""
+    best: dict[str, RunRecord] = {}
+    for rec in records:
+        old = best.get(rec.config_hash)
+        key = (rec.status == "complete", rec.finished or "", rec.started)
+        if old is None or key > (old.status == "complete", old.finished or "", old.started):
+            best[rec.config_hash] = rec
+    return list(best.values())
+
+
+# --------------------------------------------------------------------------------------------------- building
+
+
+def build(spec: Spec, paper: pd.DataFrame, records: list[RunRecord]) -> Built:
+    """Tidy cells of one table: one row per (paper row, our (model, r) variant, paper column)."""
+    out: list[dict[str, Any]] = []
+    used: dict[str, RunRecord] = {}
+    left: dict[str, RunRecord] = {}
+    mixed: list[str] = []
+    for _, prow in paper.groupby("row", sort=True):
+        first = prow.iloc[0]
+        exp, r_paper = first["experiment"], _int_or_none(first["r"])
+        tasks = set(prow["task"])
+        mine = [
+            rec for rec in records
+            if rec.experiment == exp and rec.task in tasks and (r_paper is None or record_rank(rec) == r_paper)
+        ]  # fmt: skip
+        left.update({_id(rec): rec for rec in mine if rec.status != "complete"})
+        done = [rec for rec in mine if rec.status == "complete"]
+        variants = sorted({(rec.model, record_rank(rec)) for rec in done}, key=str) or [(None, r_paper)]
+        for model, r in variants:
+            group = [rec for rec in done if rec.model == model and record_rank(rec) == r]
+            trainable = sorted({rec.params["trainable"] for rec in group if rec.params})
+            row_cells = []
+            for _, p in prow.iterrows():
+                cell = {
+                    "table": spec.name, "row": int(p["row"]), "paper_model": p["model"], "method": p["method"],
+                    "note": _text(p["note"]), "params_label": _text(p["params_label"]),
+                    "experiment": exp, "model": model, "r": r, "params": _params(trainable), "task": p["task"],
+                    "metric": p["metric"], "column": p["column"], "scale": float(p["scale"]),
+                    "decimals": int(p["decimals"]), "paper": _float(p["value"]), "paper_spread": _float(p["spread"]),
+                }  # fmt: skip
+                if p["task"] == "avg":
+                    row_cells.append(cell)
+                    continue
+                recs = [
+                    rec for rec in group
+                    if rec.task == p["task"] and _is_num(rec.best["metrics"].get(p["metric"]))
+                ]  # fmt: skip
+                values = [rec.best["metrics"][p["metric"]] * cell["scale"] for rec in recs]
+                used.update({_id(rec): rec for rec in recs})
+                if len({config_hash(rec.config, IGNORED_KEYS | {"seed"}) for rec in recs}) > 1:
+                    mixed.append(f"{exp} / {model} / r={r} / {p['task']}")
+                row_cells.append({**cell, **_stats(values), "seeds": sorted(rec.seed for rec in recs)})
+            _fill_average(row_cells)
+            out.extend(row_cells)
+    cells = pd.DataFrame(out)
+    cells["diff"] = cells["ours"] - cells["paper"]
+    return Built(spec, cells, list(used.values()), list(left.values()), sorted(set(mixed)))
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    """Median and sample std (ddof=1) over seeds; NaN where undefined."""
+    n = len(values)
+    return {
+        "n": n,
+        "ours": float(np.median(values)) if n else math.nan,
+        "ours_std": float(np.std(values, ddof=1)) if n > 1 else math.nan,
+    }
+
+
+def _fill_average(row_cells: list[dict[str, Any]]) -> None:
+    """The "avg" column (Table 2): mean of our medians over the row's other columns, only when none is missing."""
+    others = [c for c in row_cells if c["task"] != "avg"]
+    for c in row_cells:
+        if c["task"] == "avg":
+            ok = others and all(o["n"] > 0 for o in others)
+            mean = float(np.mean([o["ours"] for o in others])) if ok else math.nan
+            c.update(n=min(o["n"] for o in others) if ok else 0, ours=mean, ours_std=math.nan, seeds=[])
+
+
+# -------------------------------------------------------------------------------------------------- rendering
+
+
+def wide(cells: pd.DataFrame) -> pd.DataFrame:
+    """Display table: one line per (paper row, our variant), one column per paper column, cells as text
+    "ours ±std [seeds] / paper (ours - paper)"."""
+    show_r = cells["r"].notna().any()
+    lines = []
+    for _, g in cells.groupby(["row", "model", "r"], sort=False, dropna=False):
+        c0 = g.iloc[0]
+        line = {
+            "Model": c0["paper_model"],
+            "Method": c0["method"] + (c0["note"] if c0["note"] in SYMBOLS else ""),
+            "Params": c0["params_label"],
+            "Ours: model": MISSING if pd.isna(c0["model"]) else c0["model"],
+            "Ours: params": c0["params"],
+        }
+        if show_r:
+            line["r"] = MISSING if pd.isna(c0["r"]) else str(int(c0["r"]))
+        line.update({c["column"]: _cell_text(c) for _, c in g.iterrows()})
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def _cell_text(c: pd.Series) -> str:
+    d = int(c["decimals"])
+    paper = MISSING if pd.isna(c["paper"]) else f"{c['paper']:.{d}f}"
+    if c["n"] == 0 or pd.isna(c["ours"]):
+        return f"{MISSING} / {paper}"
+    ours = f"{c['ours']:.{d}f}" + ("" if pd.isna(c["ours_std"]) else f" ±{c['ours_std']:.{d}f}")
+    seeds = f" [{c['n']}]" if c["task"] != "avg" else ""
+    diff = "" if pd.isna(c["diff"]) else f" ({c['diff']:+.{d}f})"
+    return f"{ours}{seeds} / {paper}{diff}"
+
+
+def footer(b: Built, runs_dir: str) -> list[str]:
+    """Notes printed under a table: legend, record counts, left-out records, pooled configurations."""
+    cells = b.cells
+    n_missing = int((cells["n"] == 0).sum())
+    lines = [
+        "Cell: ours median ±sample std [seeds] / paper (ours − paper), on the paper's scale; best epoch per run. "
+        f"{MISSING} = no complete record (never filled in). * = prior work's numbers, † = Houlsby setup.",
+        f"Built from {len(b.used)} complete records under {runs_dir}; {n_missing} of {len(cells)} cells missing.",
+    ]
+    if not b.used:
+        lines.append("No complete records for this table yet: every 'ours' cell is missing.")
+    remarks = cells.loc[~cells["note"].isin(("", *SYMBOLS)), ["experiment", "note"]].drop_duplicates()
+    lines += [f"Paper note, {exp}: {note}." for exp, note in remarks.itertuples(index=False)]
+    if b.left_out:
+        lines.append(f"Left out, not complete ({len(b.left_out)}):")
+        lines += [f"- {_describe(rec)}" for rec in sorted(b.left_out, key=_id)]
+    if b.mixed:
+        lines.append("Warning: these cells pool records whose configs differ beyond the seed:")
+        lines += [f"- {m}" for m in b.mixed]
+    return lines
+
+
+def to_markdown(b: Built, runs_dir: str) -> str:
+    body = wide(b.cells).to_markdown(index=False)
+    return f"# {b.spec.title}\n\n{body}\n\n" + "\n".join(footer(b, runs_dir)) + "\n"
+
+
+def to_latex(b: Built, runs_dir: str) -> str:
+    """A booktabs `table` (needs \\usepackage{booktabs}); the footer goes in a footnotesize paragraph."""
+    df = wide(b.cells)
+    head = " & ".join(_tex(str(c)) for c in df.columns) + r" \\"
+    rows = [" & ".join(_tex(str(v)) for v in row) + r" \\" for row in df.itertuples(index=False)]
+    notes = r" \\ ".join(_tex(line) for line in footer(b, runs_dir))
+    return "\n".join([
+        r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(b.spec.title)}}}", rf"\label{{tab:{b.spec.name}}}",
+        r"\resizebox{\linewidth}{!}{%", rf"\begin{{tabular}}{{{'l' * len(df.columns)}}}", r"\toprule", head,
+        r"\midrule", *rows, r"\bottomrule", r"\end{tabular}}", rf"\par\footnotesize {notes}", r"\end{table}", "",
+    ])  # fmt: skip
+
+
+_TEX = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+    "~": r"\~{}", "^": r"\^{}", "±": r"$\pm$", "−": "$-$", MISSING: "--", "†": r"$^\dagger$",
+}  # fmt: skip
+
+
+def _tex(s: str) -> str:
+    """Escape text for LaTeX, one character at a time (so replacements are never escaped again)."""
+    return "".join(_TEX.get(ch, ch) for ch in s)
+
+
+# ------------------------------------------------------------------------------------------------------- main
+
+
+def main(
+    runs_dir: str | os.PathLike[str] = "results/runs",
+    paper_dir: str | os.PathLike[str] = "results/paper",
+    out_dir: str | os.PathLike[str] = "results",
+) -> list[Path]:
+    """Rebuild every table into `out_dir/tables/<name>.{md,tex,csv}` and write `out_dir/README.md`; returns the
+    written paths. A missing `runs_dir` gives tables with every 'ours' cell missing (and says so)."""
+    out, tables_dir = Path(out_dir), Path(out_dir) / "tables"
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    records, skipped = _read_runs(runs_dir)
+    records = _dedupe(records)
+    runs = str(runs_dir)
+    written, built = [], []
+    for spec in TABLES:
+        b = build(spec, load_paper(paper_dir, spec.csv), records)
+        built.append(b)
+        for ext, text in (("md", to_markdown(b, runs)), ("tex", to_latex(b, runs))):
+            written.append(_write(tables_dir / f"{spec.name}.{ext}", text))
+        written.append(_write(tables_dir / f"{spec.name}.csv", _tidy(b.cells).to_csv(index=False)))
+    written.append(_write(out / "README.md", readme(built, records, skipped, runs, out)))
+    return written
+
+
+def readme(built: list[Built], records: list[RunRecord], skipped: list[str], runs_dir: str, out: Path) -> str:
+    """results/README.md: every table and figure, the records behind it, and its missing cells."""
+    lines = [
+        "# Results",
+        "",
+        f"Generated by `python -m lora.tables` from the run records under `{runs_dir}` and the paper's numbers in "
+        "`results/paper/` (see its README). Do not edit by hand: rerun it.",
+        "",
+        "| table | files | complete records used | left out | missing cells |",
+        "|---|---|---|---|---|",
+    ]
+    for b in built:
+        n_missing = int((b.cells["n"] == 0).sum())
+        lines.append(
+            f"| {b.spec.title} | tables/{b.spec.name}.md .tex .csv | {len(b.used)} | {len(b.left_out)} "
+            f"| {n_missing} / {len(b.cells)} |"
+        )
+    lines += ["", "Not rebuilt from run records:", ""] + [f"- {t}: {where}" for t, where in REFERENCE_ONLY]
+    figures = (
+        sorted(p for p in (out / "figures").glob("*") if p.is_file()) if (out / "figures").is_dir() else []
+    )
+    if figures:
+        lines += ["", "Figures found in figures/:", ""] + [f"- figures/{p.name}" for p in figures]
+    lines += ["", "## Missing cells", ""]
+    for b in built:
+        miss = b.cells[b.cells["n"] == 0]
+        lines.append(f"{b.spec.title}: " + ("none" if miss.empty else f"{len(miss)} of {len(b.cells)}"))
+        for (exp, model, r), g in miss.groupby(["experiment", "model", "r"], sort=False, dropna=False):
+            total = (
+                (b.cells["experiment"] == exp) & _same(b.cells["model"], model) & _same(b.cells["r"], r)
+            ).sum()
+            what = "all" if len(g) == total else ", ".join(g["column"])
+            who = exp + ("" if pd.isna(model) else f" / {model}") + ("" if pd.isna(r) else f" / r={int(r)}")
+            lines.append(f"- {who}: {what}")
+        lines.append("")
+    placed = {_id(rec) for b in built for rec in b.used + b.left_out}
+    unplaced = [rec for rec in records if _id(rec) not in placed]
+    lines += ["## Records in no table", ""]
+    lines += [f"- {_describe(rec)}" for rec in sorted(unplaced, key=_id)] or ["none"]
+    lines += ["", "## Unreadable files (skipped)", ""] + ([f"- {s}" for s in skipped] or ["none"])
+    return "\n".join(lines) + "\n"
+
+
+def _read_runs(runs_dir: str | os.PathLike[str]) -> tuple[list[RunRecord], list[str]]:
+    """Records under `runs_dir` and the warnings about skipped files (re-emitted)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RecordWarning)
+        try:
+            records = load_records(runs_dir)
+        except FileNotFoundError as e:
+            warnings.warn(str(e), RecordWarning, stacklevel=2)
+            records = []
+    skipped = [str(w.message) for w in caught if issubclass(w.category, RecordWarning)]
+    for msg in skipped:
+        warnings.warn(msg, RecordWarning, stacklevel=2)
+    return records, skipped
+
+
+def _tidy(cells: pd.DataFrame) -> pd.DataFrame:
+    cols = [
+        "table", "row", "experiment", "paper_model", "method", "note", "params_label", "model", "r", "params", "task",
+        "metric", "column", "n", "seeds", "ours", "ours_std", "paper", "paper_spread", "diff", "scale",
+    ]  # fmt: skip
+    out = cells[cols].copy()
+    out["seeds"] = out["seeds"].map(lambda s: " ".join(map(str, s)) if isinstance(s, list) else "")
+    return out
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _describe(rec: RunRecord) -> str:
+    why = f": {rec.reason}" if rec.reason else ""
+    status = rec.status if rec.status in (*FAILED, "complete") else f"{rec.status} (not finished)"
+    src = f" ({rec.source.name})" if rec.source else ""
+    return f"{rec.experiment} / {rec.model} / {rec.task} / seed {rec.seed}: {status}{why}{src}"
+
+
+def _id(rec: RunRecord) -> str:
+    return f"{rec.experiment}|{rec.task}|{rec.model}|{rec.seed}|{rec.config_hash}"
+
+
+def _params(trainable: list[int]) -> str:
+    if not trainable:
+        return MISSING
+    lo, hi = trainable[0] / 1e6, trainable[-1] / 1e6
+    return f"{lo:.2f}M" if lo == hi else f"{lo:.2f}–{hi:.2f}M"
+
+
+def _same(series: pd.Series, value: Any) -> pd.Series:
+    return series.isna() if pd.isna(value) else series == value
+
+
+def _text(v: Any) -> str:
+    return v if isinstance(v, str) else ""
+
+
+def _int_or_none(v: Any) -> int | None:
+    return None if pd.isna(v) else int(v)
+
+
+def _float(v: Any) -> float:
+    return math.nan if pd.isna(v) else float(v)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", default="results/runs", help="directory of run records (searched recursively)")
+    p.add_argument("--paper", default="results/paper", help="directory of the paper's tidy CSVs")
+    p.add_argument("--out", default="results", help="writes OUT/tables/*.{md,tex,csv} and OUT/README.md")
+    args = p.parse_args(argv)
+    for path in main(args.runs, args.paper, args.out):
+        print(path)
+
+
+if __name__ == "__main__":
+    cli()
