@@ -39,7 +39,11 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def _model_signature(model: nn.Module) -> dict[str, Any]:
     cfg = model.config
-    return {"model_type": cfg.model_type, "hidden_size": getattr(cfg, "hidden_size", None)}
+    return {
+        "model_type": cfg.model_type,
+        "hidden_size": getattr(cfg, "hidden_size", None),
+        "num_layers": getattr(cfg, "num_hidden_layers", None),
+    }
 
 
 def save_adapter(
@@ -103,21 +107,22 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, head: bool = Tr
     ours, theirs = _model_signature(model), meta["model"]
     if ours != theirs:
         raise ValueError(
-            f"adapter at {directory} was trained on a {theirs['model_type']} model of width {theirs['hidden_size']}, "
-            f"this is a {ours['model_type']} model of width {ours['hidden_size']}"
+            f"adapter at {directory} was trained on a {theirs.get('model_type')} model of width "
+            f"{theirs.get('hidden_size')} with {theirs.get('num_layers')} layers; this is a {ours['model_type']} "
+            f"model of width {ours['hidden_size']} with {ours['num_layers']} layers"
         )
     method = meta["method"]
     cfg = methods.method_config(method, **meta["config"])
     params = dict(model.named_parameters())
     names = [n for n in tensors if head or n not in set(meta["head"])]
-    injected = all(n in params for n in meta["trainable"])
-    if not injected and all(n not in params for n in meta["trainable"]):
+    # Inject unless every saved name exists. Some methods also train parameters the base model has (adapter_h's
+    # layer norms), so a fresh model may hold part of the names; a model that carries part of the method's own
+    # modules is refused by the method's `inject` ("already carries ...").
+    if any(n not in params for n in meta["trainable"]):
         report = methods.apply(model, method, cfg, head=head_parameter_names(model))
         params = dict(model.named_parameters())
-    elif injected:
-        report = Injection(method=method, trainable=list(meta["trainable"]))
     else:
-        raise ValueError(f"model carries part of the adapter at {directory} already; load it into a fresh model")
+        report = Injection(method=method, trainable=list(meta["trainable"]))
     for n in names:
         if n not in params:
             raise ValueError(f"adapter at {directory} has parameter {n!r}, which this model does not have")

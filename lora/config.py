@@ -53,17 +53,29 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     """name: task (GLUE: cola sst2 mrpc stsb qqp mnli qnli rte; polarity; NLG: e2e webnlg dart); kind: glue or nlg;
-    max_train_samples / max_eval_samples: subsample for quick runs (None = all)."""
+    max_*_samples: subsample for quick runs (None = all). Generation tasks are scored after training by decoding
+    `decode_split` with beam search (num_beams, length_penalty, no_repeat_ngram_size, max_new_tokens)."""
 
     name: str = MISSING
     kind: str = "glue"
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    # generation tasks (kind: nlg): beam search on `decode_split` after training (Appendix D.3)
+    decode_split: str = "test"
+    max_decode_samples: int | None = None
+    num_beams: int = 10
+    length_penalty: float = 0.9
+    no_repeat_ngram_size: int = 4
+    max_new_tokens: int = 64
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
             raise ValueError(f"task.kind must be one of {TASK_KINDS}, got {self.kind!r}")
-        for k in ("max_train_samples", "max_eval_samples"):
+        if self.decode_split not in ("train", "validation", "test"):
+            raise ValueError(f"task.decode_split must be train, validation or test, got {self.decode_split!r}")
+        if self.num_beams <= 0 or self.max_new_tokens <= 0 or self.no_repeat_ngram_size < 0:
+            raise ValueError("task.num_beams and task.max_new_tokens must be > 0, no_repeat_ngram_size >= 0")
+        for k in ("max_train_samples", "max_eval_samples", "max_decode_samples"):
             v = getattr(self, k)
             if v is not None and v <= 0:
                 raise ValueError(f"task.{k} must be a positive number of examples or null, got {v}")
@@ -71,7 +83,8 @@ class TaskConfig:
 
 @dataclass
 class TrainConfig:
-    """AdamW with linear decay after warmup (Appendix D). epochs may be fractional; max_steps > 0 overrides it."""
+    """AdamW with linear decay after warmup (Appendix D). epochs may be fractional; max_steps > 0 overrides it;
+    max_steps = 0 trains nothing and only evaluates (the unadapted baseline)."""
 
     batch_size: int = 16
     eval_batch_size: int = 64
@@ -94,6 +107,7 @@ class TrainConfig:
             "batch_size": self.batch_size > 0,
             "eval_batch_size": self.eval_batch_size > 0,
             "epochs": self.epochs > 0,
+            "max_steps": self.max_steps >= -1,
             "lr": self.lr > 0,
             "weight_decay": self.weight_decay >= 0,
             "warmup_ratio": 0 <= self.warmup_ratio < 1,

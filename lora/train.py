@@ -151,15 +151,16 @@ class RecordCallback(TrainerCallback):
             prefix = f"eval_{split}_"
             for k, v in metrics.items():
                 name = k[len(prefix) :]
-                if not k.startswith(prefix) or name in ("samples_per_second", "steps_per_second", "epoch"):
+                if not k.startswith(prefix):
                     continue
+                key = ("eval_loss" if name == "loss" else name) + suffix
                 if name == "runtime":
                     self.run.eval_s += float(v)
-                else:
-                    self.pending[("eval_loss" if name == "loss" else name) + suffix] = float(v)
+                elif key in records.METRIC_KEYS:  # drop bookkeeping such as model_preparation_time
+                    self.pending[key] = float(v)
         if not all(any(k.endswith(s) for k in self.pending) for s in self.run.suffixes):
             return  # wait for the other eval split of this epoch (MNLI)
-        epoch = max(1, round(state.epoch or 0))
+        epoch = round(state.epoch or 0)
         self.run.epoch_done(epoch, state.global_step, dict(self.pending), self.last_loss, kw.get("model"))
         self.pending = {}
 
@@ -179,7 +180,8 @@ class Run:
 
     def epoch_done(self, epoch: int, step: int, metrics: dict[str, float], loss: float | None, model: Any) -> None:
         self.record.add_epoch(epoch, step, metrics, loss)
-        value = metrics.get(self.primary)
+        self.last_model = model
+        value = metrics.get(self.primary) if self.primary else None
         if value is not None and math.isfinite(value) and (self.best is None or value > self.best):
             self.best = value
             self.record.best = {"epoch": epoch, "metrics": dict(metrics)}
@@ -291,16 +293,60 @@ def execute(cfg: DictConfig) -> records.RunRecord:
     return record
 
 
+def nlg_data(cfg: Config, tokenizer: Any) -> TaskData:
+    """E2E / WebNLG / DART as causal-LM rows (loss on the target only); metrics come from decoding after training."""
+    from lora import generation
+    from lora.data import nlg
+
+    task, t = cfg.task, cfg.train
+    train = nlg.load_nlg(task.name, "train", cfg.data_dir)
+    val = nlg.load_nlg(task.name, "validation", cfg.data_dir)
+    if task.max_train_samples:
+        train = train[: task.max_train_samples]
+    if task.max_eval_samples:
+        val = val[: task.max_eval_samples]
+    max_length = min(t.max_length, tokenizer.model_max_length)
+    return TaskData(
+        train=generation.lm_dataset(train, tokenizer, max_length),
+        evals={"validation": generation.lm_dataset(val, tokenizer, max_length)},
+        collator=nlg.LMCollator.from_tokenizer(tokenizer),
+        compute_metrics=None,
+        num_labels=0,
+        primary="",
+        kind="causal_lm",
+    )
+
+
+def decode_and_score(spec: RunSpec, run: Run, model: Any, tokenizer: Any) -> dict[str, float]:
+    """Beam-search the decode split, write the predictions next to the run record, return the paper's metrics."""
+    from lora import generation
+    from lora.data import nlg
+
+    task = spec.cfg.task
+    examples = nlg.load_nlg(task.name, task.decode_split, spec.cfg.data_dir)
+    if task.max_decode_samples:
+        examples = examples[: task.max_decode_samples]
+    dcfg = generation.DecodeConfig(
+        num_beams=task.num_beams, length_penalty=task.length_penalty, max_new_tokens=task.max_new_tokens,
+        no_repeat_ngram_size=task.no_repeat_ngram_size, batch_size=spec.cfg.train.eval_batch_size,
+    )  # fmt: skip
+    hyps = generation.decode(model, tokenizer, examples, dcfg, progress=spec.cfg.train.progress)
+    if is_main_process():
+        path = Path(spec.cfg.results_dir) / f"{run_name(run.record)}.predictions.txt"
+        path.write_text("".join(h.replace("\n", " ") + "\n" for h in hyps))
+    return generation.score(task.name, hyps, examples)
+
+
 def _train(spec: RunSpec, run: Run, init: Path | None) -> None:
     c = spec.cfg
     device = device_of(c)
     transformers.set_seed(c.seed)
     tokenizer = build_tokenizer(c.model.name, c.model.path)
-    data = glue_data(c, tokenizer)
+    data = nlg_data(c, tokenizer) if c.task.kind == "nlg" else glue_data(c, tokenizer)
     overrides = {} if c.train.cls_dropout is None else {"classifier_dropout": c.train.cls_dropout,
                                                          "cls_dropout": c.train.cls_dropout}  # fmt: skip
     model = build_model(
-        c.model.name, "classification", num_labels=data.num_labels, pretrained=c.model.pretrained,
+        c.model.name, data.kind, num_labels=data.num_labels, pretrained=c.model.pretrained,
         path=c.model.path, trust_remote_code=c.model.trust_remote_code, overrides=overrides,
     )  # fmt: skip
     if model.config.pad_token_id is None:
@@ -328,15 +374,25 @@ def _train(spec: RunSpec, run: Run, init: Path | None) -> None:
         trainer.add_callback(CsvLogger(run.out_dir / "metrics.csv"))
     with MemoryMeter(device) as mem:
         start = time.perf_counter()
-        out = trainer.train()
+        if c.train.max_steps == 0:  # evaluate the model as it is (e.g. method=none: before adaptation)
+            trainer.evaluate()  # the callback records it as epoch 0
+            samples_per_s = 0.0
+        else:
+            samples_per_s = float(trainer.train().metrics.get("train_samples_per_second", 0.0))
         elapsed = time.perf_counter() - start
+    if c.task.kind == "nlg":  # the paper scores the final model (e.g. Table 18: after 26,000 steps)
+        last = run.record.epochs[-1] if run.record.epochs else {"epoch": 0, "metrics": {}}
+        scores = decode_and_score(spec, run, model, tokenizer)
+        run.record.best = {"epoch": last["epoch"], "metrics": {**last["metrics"], **scores}}
+        if c.save_adapter and is_main_process():
+            save_adapter(model, run.out_dir / "adapter", spec.method, spec.method_cfg, report)
     if run.record.best is None:
         raise Diverged(f"no finite {data.primary} at any epoch")
     run.record.memory = {"peak_bytes": int(mem.peak), "kind": mem.kind}
     run.record.time = {
         "train_s": round(elapsed, 3),
         "eval_s": round(run.eval_s, 3),
-        "samples_per_s": round(float(out.metrics.get("train_samples_per_second", 0.0)), 3),
+        "samples_per_s": round(samples_per_s, 3),
     }
     run.record.finish("complete")
     run.save()

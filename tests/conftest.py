@@ -61,3 +61,7 @@ def fill_lora_b(model: nn.Module, std: float = 0.1, seed: int = 0) -> None:
 def randomize_lora() -> Callable[..., None]:
     """The function `fill_lora_b(model, std=0.1, seed=0)`."""
     return fill_lora_b
+
+
+# Tiny models run fastest on one thread (and do not fight each other when tests run beside other work).
+torch.set_num_threads(1)

@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "results" / "paper"
 FIXTURES = Path(__file__).parent / "fixtures" / "records"
 
-# The fixtures hold 3 seeds of roberta_base_lora on RTE (accuracy .85/.87/.86), one diverged 4th seed, and 3 seeds
-# of gpt2_medium_e2e_lora on E2E (BLEU .70/.71/.69, NIST 8.8/8.9/8.7). Median and sample std (ddof=1) by hand:
-# RTE 86.0 ± 1.0, BLEU 70.0 ± 1.0, NIST 8.8 ± 0.1.
+# The fixtures hold 3 seeds of roberta_base_lora on RTE (accuracy .85/.87/.86), one diverged 4th seed, and
+# 3 seeds of gpt2_medium_e2e_lora on E2E (BLEU .70/.71/.69, NIST 8.8/8.9/8.7). Median and sample std (ddof=1)
+# by hand: RTE 86.0 ± 1.0, BLEU 70.0 ± 1.0, NIST 8.8 ± 0.1.
 
 
 def paper(csv: str) -> pd.DataFrame:
@@ -91,8 +91,8 @@ def test_paper_tables_parse(spec) -> None:
 
 
 def test_paper_averages_and_overheads_are_consistent() -> None:
-    # Transcription checks: Table 2's Avg is the mean of its 8 columns (to the printed rounding), and Table 1's
-    # (+x%) is the adapter latency over the FT/LoRA latency.
+    # Transcription checks: Table 2's Avg is the mean of its 8 columns (to the printed rounding), and
+    # Table 1's (+x%) is the adapter latency over the FT/LoRA latency.
     t2 = paper("table2_glue.csv")
     for _, g in t2.groupby("row"):
         avg = g.loc[g["task"] == "avg", "value"].item()
@@ -151,10 +151,8 @@ def test_fixture_markdown(built: Path) -> None:
 
 def test_readme_lists_tables_and_missing(built: Path) -> None:
     readme = (built / "README.md").read_text()
-    assert (
-        "| Table 2: GLUE dev (RoBERTa base/large, DeBERTa XXL) | tables/table2.md .tex .csv | 3 | 1 | 125 / 126 |"
-        in readme
-    )
+    title = "Table 2: GLUE dev (RoBERTa base/large, DeBERTa XXL)"
+    assert f"| {title} | tables/table2.md .tex .csv | 3 | 1 | 125 / 126 |" in readme
     assert (
         "- roberta_base_lora / roberta-base / r=8: MNLI, SST-2, MRPC, CoLA, QNLI, QQP, STS-B, Avg" in readme
     )

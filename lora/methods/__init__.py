@@ -13,13 +13,23 @@ from typing import Any
 
 from torch import nn
 
-from lora.methods import lora
+from lora.methods import adapters, bitfit, frozen, full, lora, prefix
 from lora.methods.base import Injection
 
 MethodSpec = tuple[type, Callable[[nn.Module, Any], Injection]]
 
 METHODS: dict[str, MethodSpec] = {
     "lora": (lora.LoRAConfig, lora.inject),
+    "adapter_h": (adapters.AdapterHConfig, adapters.inject_h),
+    "adapter_l": (adapters.AdapterConfig, adapters.inject_l),
+    "adapter_p": (adapters.AdapterConfig, adapters.inject_p),
+    "adapter_d": (adapters.AdapterDConfig, adapters.inject_d),
+    "prefix_embed": (prefix.PrefixEmbedConfig, prefix.inject_embed),
+    "prefix_layer": (prefix.PrefixLayerConfig, prefix.inject_layer),
+    "bitfit": (bitfit.BitFitConfig, bitfit.inject),
+    "full": (full.FullConfig, full.inject_full),
+    "ft_top2": (full.TopLayersConfig, full.inject_top),
+    "none": (frozen.FrozenConfig, frozen.inject),
 }
 
 

@@ -1,13 +1,13 @@
 """E2E NLG Challenge metrics computed in-process: BLEU, NIST, METEOR, ROUGE-L, CIDEr (+ TER).
 
 Reproduces the official scorer `measure_scores.py` of tuetschek/e2e-metrics (used by the E2E challenge
-and by LoRA, Hu et al. 2021, Sec. 5.5 / Table 3), without Perl or temporary SGML files:
+and by LoRA, Hu et al. 2021, Sec. 5.4 / Table 3), without Perl or temporary SGML files:
 
 * BLEU: mteval-v13a on lowercased 13a tokens, via sacrebleu (the same algorithm), as a fraction.
 * NIST: mteval-v13a (`nist`, below), on the same tokens.
 * METEOR 1.5, ROUGE-L (beta 1.2), CIDEr-D: the MS-COCO caption scorers (pycocoevalcap) after the PTB
   tokenizer, which lowercases and drops punctuation, exactly as `COCOEvalCap.evaluate` feeds them.
-* TER (for WebNLG / DART, LoRA Tables 4 and 13): sacrebleu's Tercom port, as a fraction (.46, not 46).
+* TER (for WebNLG / DART, the LoRA appendix tables): sacrebleu's Tercom port, as a fraction (.46, not 46).
 
 Checked against the scores the E2E challenge published (tests/metrics/test_nlg.py). CLI::
 
@@ -25,6 +25,7 @@ import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from sacrebleu.metrics import BLEU, TER
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
@@ -73,8 +74,9 @@ def nist(hyps: Sequence[str], refs: Sequence[Sequence[str]], max_n: int = 5) -> 
     segments (the empty prefix counts every reference word). NIST = BP * sum_n (info of the output n-grams,
     clipped to their max count in one reference of the segment) / (number of output n-grams). BP =
     exp(-beta log^2 ratio) for ratio = output words / reference words per reference set < 1, with beta
-    chosen so that BP = 0.5 at ratio 2/3. A reference set is one "column" of references: total reference
-    words are divided by the average number of references per segment.
+    chosen so that BP = 0.5 at ratio 2/3. Reference words per reference set = total reference words / average
+    number of references per segment. (Dividing by the maximum number, as the padded reference columns of
+    the public mteval-v13a-sig.pl would, misses the published slug2slug and tr_NonPrimary_3 NIST scores.)
     """
     hyp_words = [tokenize_13a(h) for h in hyps]
     ref_words = [[tokenize_13a(r) for r in rs] for rs in refs]
@@ -136,7 +138,7 @@ def coco_scores(
     return out
 
 
-def _coco_scorer(name: str):
+def _coco_scorer(name: str) -> Any:
     if name == "meteor":
         from pycocoevalcap.meteor.meteor import Meteor
 
@@ -205,7 +207,9 @@ def _read_lines(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    lines = path.read_text(encoding="utf-8-sig").split("\n")  # not splitlines(): only \n (\r\n, \r) ends a line
+    lines = path.read_text(encoding="utf-8-sig").split(
+        "\n"
+    )  # not splitlines(): only \n (\r\n, \r) ends a line
     if lines[-1] == "":
         lines.pop()
     return [line.strip() for line in lines]
@@ -275,7 +279,9 @@ def read_outputs(path: str | Path, mrs: Sequence[str] | None = None) -> list[str
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("references", help="E2E csv (mr,ref) or text file (refs per MR, blank-line separated)")
+    parser.add_argument(
+        "references", help="E2E csv (mr,ref) or text file (refs per MR, blank-line separated)"
+    )
     parser.add_argument("outputs", help="text file, one output per MR in order, or csv/tsv with an MR column")
     parser.add_argument("--ter", action="store_true", help="also report TER")
     args = parser.parse_args(argv)

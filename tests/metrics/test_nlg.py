@@ -13,8 +13,12 @@ from lora.metrics import nlg
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 E2E_REF = DATA / "e2e_metrics_reference"
-needs_data = pytest.mark.skipif(not E2E_REF.is_dir(), reason=f"E2E metric reference data not found at {E2E_REF}")
-needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="java not on PATH (METEOR, PTB tokenizer)")
+needs_data = pytest.mark.skipif(
+    not E2E_REF.is_dir(), reason=f"E2E metric reference data not found at {E2E_REF}"
+)
+needs_java = pytest.mark.skipif(
+    shutil.which("java") is None, reason="java not on PATH (METEOR, PTB tokenizer)"
+)
 
 # Scores published by the E2E challenge for these outputs (e2e_metrics_reference/README.md: the challenge
 # website, index.html, "Automatic Metrics" table, and l.264-273 for the dev baseline).
@@ -105,7 +109,7 @@ def test_missing_java_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_read_references_csv_with_bom_crlf_header_grouped_by_first_appearance(tmp_path: Path) -> None:
     path = tmp_path / "refs.csv"
-    rows = ['mr,ref', '"name[A], area[x]","A is in x."', '"name[B]","B."', '"name[A], area[x]","In x is A."']
+    rows = ["mr,ref", '"name[A], area[x]","A is in x."', '"name[B]","B."', '"name[A], area[x]","In x is A."']
     path.write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode())
     mrs, refs = nlg.read_references(path)
     assert mrs == ["name[A], area[x]", "name[B]"]
@@ -160,7 +164,14 @@ def test_cli_on_e2e_metrics_example(capsys: pytest.CaptureFixture[str]) -> None:
     example = E2E_REF / "e2e-metrics_example-inputs"
     nlg.main([str(example / "devel-conc.txt"), str(example / "baseline-output.txt"), "--ter"])
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    pinned = {"bleu": 0.7203, "nist": 7.8212, "meteor": 0.4801, "rouge_l": 0.7910, "cider": 2.3039, "ter": 0.3399}
+    pinned = {
+        "bleu": 0.7203,
+        "nist": 7.8212,
+        "meteor": 0.4801,
+        "rouge_l": 0.7910,
+        "cider": 2.3039,
+        "ter": 0.3399,
+    }
     assert {m: round(v, 4) for m, v in scores.items()} == pinned
 
 

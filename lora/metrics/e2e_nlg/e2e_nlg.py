@@ -1,7 +1,7 @@
 """`evaluate` wrapper around `lora.metrics.nlg.score`: `evaluate.load("lora/metrics/e2e_nlg")`.
 
-    metric = evaluate.load("lora/metrics/e2e_nlg")  # a local path: nothing is downloaded
-    metric.compute(predictions=["..."], references=[["...", "..."]], metrics=["bleu", "ter"])
+metric = evaluate.load("lora/metrics/e2e_nlg")  # a local path: nothing is downloaded
+metric.compute(predictions=["..."], references=[["...", "..."]], metrics=["bleu", "ter"])
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ class E2eNlg(evaluate.Metric):
         )
 
     def _compute(
-        self, predictions: Sequence[str], references: Sequence[Sequence[str]], metrics: Iterable[str] = METRICS
+        self,
+        predictions: Sequence[str],
+        references: Sequence[Sequence[str]],
+        metrics: Iterable[str] = METRICS,
     ) -> dict[str, float]:
         return score(predictions, references, metrics)

