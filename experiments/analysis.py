@@ -46,13 +46,21 @@ def adapters(opts: dict[str, str]) -> ablation.StudyAdapters:
         small, large, other = map(Path, explicit)
         pretrained = opts["pretrained"].lower() in ("1", "true", "yes")
         return ablation.StudyAdapters(small, large, other, opts["model"], pretrained, source="explicit")
-    seeds = tuple(int(s) for s in opts["seeds"].split(","))
+    seeds = [integer(opts, "seeds", s) for s in opts["seeds"].split(",")]
     if len(seeds) != 2:
         raise ValueError(f"seeds={opts['seeds']!r}: give two seeds, e.g. seeds=0,1")
     return ablation.find_study_adapters(
-        opts["runs_dir"], opts["experiment"], int(opts["r_small"]), int(opts["r_large"]), seeds,  # type: ignore[arg-type]
-        model=opts["model"] or None, task=opts["task"] or None,
+        opts["runs_dir"], opts["experiment"], integer(opts, "r_small"), integer(opts, "r_large"),
+        (seeds[0], seeds[1]), model=opts["model"] or None, task=opts["task"] or None,
     )  # fmt: skip
+
+
+def integer(opts: dict[str, str], key: str, value: str | None = None) -> int:
+    text = opts[key] if value is None else value
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{key}={opts[key]!r} is not an integer (e.g. {key}={OPTIONS[key] or 3})") from None
 
 
 def table7_text(study: ablation.SubspaceStudy, src: ablation.StudyAdapters) -> str:
@@ -92,7 +100,7 @@ def main(argv: list[str]) -> None:
     opts = parse(argv)
     out = Path(opts["out_dir"])
     src = adapters(opts)
-    study = ablation.subspace_study(src, layer=int(opts["layer"]) if opts["layer"] else None)
+    study = ablation.subspace_study(src, layer=integer(opts, "layer") if opts["layer"] else None)
     where = f"{study.model}, layer {study.layer}"
     written = [
         analysis.plot_similarity_heatmaps(

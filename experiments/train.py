@@ -2,22 +2,24 @@
 
     python experiments/train.py experiment=roberta_base_lora task=rte seed=0
     python experiments/train.py -m experiment=roberta_base_lora task=rte,mrpc seed=0,1,2,3,4
+    torchrun --nproc_per_node 4 experiments/train.py experiment=roberta_base_lora task=rte   # one run, 4 GPUs
+
+Bad input ends with one `error: ...` line and exit code 2 (HYDRA_FULL_ERROR=1 for the traceback).
 """
 
-import hydra
 from omegaconf import DictConfig
 
 import lora.config  # noqa: F401  (registers the config schema and the `by` resolver)
-from lora.cli import friendly_errors
+from lora.cli import hydra_main
 from lora.train import execute
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-@friendly_errors
+@hydra_main(config_name="config")
 def main(cfg: DictConfig) -> None:
     record = execute(cfg)
     best = record.best["metrics"] if record.best else {}
-    print(f"{record.status}: {record.experiment} {record.task} seed={record.seed} best={best}")
+    why = f" ({record.reason})" if record.reason else ""
+    print(f"{record.status}: {record.experiment} {record.task} seed={record.seed} best={best}{why}")
 
 
 if __name__ == "__main__":

@@ -207,6 +207,10 @@ def find_study_adapters(
     """The adapters of the rank ablation's records: (r_small, seeds[0]), (r_large, seeds[0]), (r_large, seeds[1])
     of `experiment`, on the one (model, task) that has all three (pick with model=/task= if several do).
     FileNotFoundError (one line, naming the make target that produces them) when any is missing."""
+    if not 0 < r_small < r_large or seeds[0] == seeds[1]:
+        raise ValueError(
+            f"need 0 < r_small < r_large and two different seeds, got {r_small}, {r_large}, {seeds}"
+        )
     make = (
         f"make ablation-rank RANK_EXPS={experiment} RANKS={r_small},{r_large} SEEDS={seeds[0]},{seeds[1]}"
         + (f" MODEL={model}" if model else "") + (f" TASK={task}" if task else "")
@@ -242,8 +246,8 @@ def find_study_adapters(
     for role, d in dirs.items():
         if not (d / "adapter.safetensors").is_file():
             raise FileNotFoundError(
-                f"the adapter of {recs[role].source or recs[role].experiment} is missing ({d}); rerun it with "
-                f"save_adapter=true force=true: {make}"
+                f"the adapter of {recs[role].source or recs[role].experiment} is missing ({d}); rerun that run "
+                f"with save_adapter=true force=true added to its overrides (EXTRA= of `{make}`)"
             )
     cfg = recs["large"].config.get("model") or {}
     return StudyAdapters(

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 # Table 7 (layer 48 of GPT-3 175B, W_q): ||U^T W_q V||_F for U, V from dW_q / W_q / random; the norms; the factor
@@ -190,6 +191,8 @@ def plot_similarity_heatmaps(grids: Mapping[str, np.ndarray], path: str | Path, 
         im = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto", interpolation="nearest",
                        extent=(0.5, n_j + 0.5, n_i + 0.5, 0.5))  # fmt: skip
         ax.set(title=name, xlabel="j", ylabel="i")
+        for axis in (ax.xaxis, ax.yaxis):  # i and j are integer ranks: no ticks at 1.5
+            axis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(im, ax=list(axes), shrink=0.9)
     if title:
         fig.suptitle(title)

@@ -2,15 +2,26 @@
 
 build the model -> inject the method -> data -> transformers' Trainer (AdamW, linear decay after warmup, evaluation
 every epoch) -> one JSON record with every epoch, the best epoch (the paper reports the best epoch of each run,
-Appendix D), parameter counts, peak memory and time. The Trainer is used as is, so `torchrun`/`accelerate launch`
-(DDP, DeepSpeed, FSDP) work unchanged; only the main process writes records and checkpoints.
+Appendix D), parameter counts, peak memory and time.
+
+At scale and under failure:
+- The Trainer is used as is, so `torchrun` / `accelerate launch` (DDP) work unchanged. Only the main process writes
+  (record, adapter, predictions, metrics.csv, resume checkpoint); it tokenises first, the others then read its cache.
+- A bad input (data, init adapter, method for this architecture) fails before any record is written. Once training
+  starts the record is rewritten after every epoch; a loss that becomes NaN/inf ends the run as `diverged`, an
+  out-of-memory error as `oom` (both with the reason; `execute` returns, so a sweep goes on), any other error as
+  `failed` (and is raised).
+- Every epoch leaves a small resume checkpoint (`lora.resume`); a run whose process was killed continues from it
+  when the same config runs again.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -21,13 +32,14 @@ import numpy as np
 import torch
 import transformers
 from omegaconf import DictConfig
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers import DataCollatorWithPadding, TrainerCallback, TrainingArguments
 
-from lora import methods, records
+from lora import methods, records, resume
 from lora.checkpoint import load_adapter, save_adapter
 from lora.config import Config, RunSpec, validate
 from lora.models import build_model, build_tokenizer, head_parameter_names
 from lora.params import count_parameters
+from lora.resume import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +51,8 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def device_of(cfg: Config) -> torch.device:
@@ -132,14 +144,17 @@ def glue_data(cfg: Config, tokenizer: Any) -> TaskData:
 
 class RecordCallback(TrainerCallback):
     """After each evaluation: add the epoch's metrics to the record, keep the best epoch's adapter, write the
-    record (so an interrupted run leaves its progress). Stops the run when the loss becomes NaN/inf."""
+    record (so an interrupted run leaves its progress). Stops the run when the loss becomes NaN/inf (the logged
+    loss is the mean over all processes, so every process stops)."""
 
     def __init__(self, run: Run):
         self.run = run
         self.pending: dict[str, float] = {}
         self.last_loss: float | None = None
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
+    ) -> None:
         loss = (logs or {}).get("loss")
         if loss is not None:
             if not math.isfinite(loss):
@@ -169,16 +184,31 @@ class Run:
     """State of one run while it trains (the record, the output directory, the best metric so far)."""
 
     def __init__(self, spec: RunSpec, record: records.RunRecord, out_dir: Path, primary: str, report: Any):
-        self.spec, self.record, self.out_dir, self.primary, self.report = spec, record, out_dir, primary, report
+        self.spec, self.record, self.out_dir, self.primary, self.report = (
+            spec,
+            record,
+            out_dir,
+            primary,
+            report,
+        )
         self.best: float | None = None
         self.eval_s = 0.0
         self.suffixes: list[str] = [""]
+        self.written = False  # whether the record file exists (training started)
+        self.note: str | None = None  # the reason of a complete record: resumed or restarted
 
     def save(self) -> None:
         if is_main_process():
             records.write_record(self.record, self.spec.cfg.results_dir)
+        self.written = True
 
-    def epoch_done(self, epoch: int, step: int, metrics: dict[str, float], loss: float | None, model: Any) -> None:
+    def fail(self, status: str, reason: str) -> None:
+        self.record.finish(status, reason)
+        self.save()
+
+    def epoch_done(
+        self, epoch: int, step: int, metrics: dict[str, float], loss: float | None, model: Any
+    ) -> None:
         self.record.add_epoch(epoch, step, metrics, loss)
         self.last_model = model
         value = metrics.get(self.primary) if self.primary else None
@@ -186,8 +216,20 @@ class Run:
             self.best = value
             self.record.best = {"epoch": epoch, "metrics": dict(metrics)}
             if self.spec.cfg.save_adapter and model is not None and is_main_process():
-                save_adapter(model, self.out_dir / "adapter", self.spec.method, self.spec.method_cfg, self.report)
+                save_adapter(
+                    model, self.out_dir / "adapter", self.spec.method, self.spec.method_cfg, self.report
+                )
         self.save()
+
+    def state(self) -> dict[str, Any]:
+        """The run's progress as JSON, stored with each resume checkpoint."""
+        d = self.record.to_dict()
+        return {"started": d["started"], "epochs": d["epochs"], "best": d["best"], "best_value": self.best,
+                "eval_s": self.eval_s}  # fmt: skip
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.record.epochs, self.record.best = state["epochs"], state["best"]
+        self.best, self.eval_s = state["best_value"], state["eval_s"]
 
 
 def resolve_init(spec: RunSpec) -> Path | None:
@@ -199,14 +241,19 @@ def resolve_init(spec: RunSpec) -> Path | None:
     if not src.startswith("best:"):
         path = Path(src)
         if not path.is_dir():
-            raise FileNotFoundError(f"init_from={src}: no such adapter directory")
+            raise FileNotFoundError(
+                f"init_from={src}: no such adapter directory; give a saved adapter's folder"
+            )
         return path
     experiment, _, task = src.removeprefix("best:").partition("/")
     root = Path(spec.cfg.results_dir)
     found = [
         r
         for r in (records.load_records(root) if root.is_dir() else [])
-        if r.status == "complete" and r.experiment == experiment and r.task == task and r.model == spec.cfg.model.name
+        if r.status == "complete"
+        and r.experiment == experiment
+        and r.task == task
+        and r.model == spec.cfg.model.name
     ]
     metric = records.PRIMARY_METRIC.get(task, "accuracy")
     found = [r for r in found if r.best and r.best["metrics"].get(metric) is not None]
@@ -219,6 +266,11 @@ def resolve_init(spec: RunSpec) -> Path | None:
     return Path(best.config["output_dir"]) / run_name(best) / "adapter"
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def run_name(record: records.RunRecord) -> str:
     return records.record_filename(record).removesuffix(".json")
 
@@ -227,7 +279,7 @@ def training_args(cfg: Config, out_dir: Path, device: torch.device) -> TrainingA
     t = cfg.train
     report_to = "wandb" if cfg.logger.name == "wandb" else "none"
     return TrainingArguments(
-        output_dir=str(out_dir / "trainer"),
+        output_dir=str(out_dir),  # the Trainer writes nothing there itself (see lora.resume)
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.eval_batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -240,9 +292,10 @@ def training_args(cfg: Config, out_dir: Path, device: torch.device) -> TrainingA
         optim="adamw_torch",
         label_smoothing_factor=t.label_smoothing,
         eval_strategy="epoch",
-        save_strategy="no",
+        save_strategy="epoch",  # lora.resume's checkpoints (ResumableTrainer._save_checkpoint)
         logging_strategy="steps",
         logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN/inf loss must reach RecordCallback (the filter hides it)
         report_to=report_to,
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -256,7 +309,8 @@ def training_args(cfg: Config, out_dir: Path, device: torch.device) -> TrainingA
 
 def execute(cfg: DictConfig) -> records.RunRecord:
     """Validate `cfg`, skip the run if a complete record with the same config hash exists (sweep resume), else
-    train and evaluate it and write its record. Returns the record."""
+    train and evaluate it and write its record. Returns the record; a run that diverged or ran out of memory
+    returns its record (status `diverged` / `oom`), any other error is raised (status `failed` if it had started)."""
     spec = validate(cfg)
     c = spec.cfg
     records.ensure_writable(c.results_dir)
@@ -272,24 +326,29 @@ def execute(cfg: DictConfig) -> records.RunRecord:
         return done
     init = resolve_init(spec)
     out_dir = Path(c.output_dir) / run_name(record)
-    if c.logger.name == "wandb":
-        os.environ.setdefault("WANDB_MODE", c.logger.mode)
+    if c.logger.name == "wandb":  # the config decides: offline unless logger.mode=online
+        os.environ["WANDB_MODE"] = c.logger.mode
         os.environ["WANDB_DIR"] = str(out_dir)
         os.environ.setdefault("WANDB_PROJECT", c.logger.project)
     run = Run(spec, record, out_dir, primary="", report=None)
-    run.save()
     try:
-        _train(spec, run, init)
+        prepared = _setup(spec, run, init)  # a bad input fails here, before the record is written
+        _fit(spec, run, prepared)
     except torch.OutOfMemoryError as e:
-        record.finish("oom", str(e).splitlines()[0])
-        run.save()
+        run.fail("oom", f"out of memory: {_first_line(e)}")
+        if world_size() > 1:
+            raise  # the other processes wait in a collective: let the launcher stop them
     except Diverged as e:
-        record.finish("diverged", str(e))
-        run.save()
+        run.fail("diverged", str(e))
+        if is_main_process():
+            shutil.rmtree(out_dir / "resume", ignore_errors=True)  # resuming would diverge again
     except BaseException as e:
-        record.finish("failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-        run.save()
+        if run.written:
+            run.fail("failed", f"{type(e).__name__}: {_first_line(e)}")
         raise
+    gc.collect()  # free the run's model and optimizer before the next run of a sweep (after an OOM too)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return record
 
 
@@ -337,65 +396,119 @@ def decode_and_score(spec: RunSpec, run: Run, model: Any, tokenizer: Any) -> dic
     return generation.score(task.name, hyps, examples)
 
 
-def _train(spec: RunSpec, run: Run, init: Path | None) -> None:
+@dataclass
+class Prepared:
+    """What a run trains with, built (and so checked) before its record is written."""
+
+    args: TrainingArguments
+    tokenizer: Any
+    data: TaskData
+    model: Any
+    report: Any
+
+
+def _setup(spec: RunSpec, run: Run, init: Path | None) -> Prepared:
     c = spec.cfg
-    device = device_of(c)
     transformers.set_seed(c.seed)
-    tokenizer = build_tokenizer(c.model.name, c.model.path)
-    data = nlg_data(c, tokenizer) if c.task.kind == "nlg" else glue_data(c, tokenizer)
-    overrides = {} if c.train.cls_dropout is None else {"classifier_dropout": c.train.cls_dropout,
-                                                         "cls_dropout": c.train.cls_dropout}  # fmt: skip
-    model = build_model(
-        c.model.name, data.kind, num_labels=data.num_labels, pretrained=c.model.pretrained,
-        path=c.model.path, trust_remote_code=c.model.trust_remote_code, overrides=overrides,
-    )  # fmt: skip
+    args = training_args(c, run.out_dir, device_of(c))
+    # Rank 0 (of each node) builds the tokenised-data cache (and a converted checkpoint) first; the others read it.
+    with args.main_process_first(desc="tokenise the data and build the model"):
+        tokenizer = build_tokenizer(c.model.name, c.model.path)
+        data = nlg_data(c, tokenizer) if c.task.kind == "nlg" else glue_data(c, tokenizer)
+        overrides = {} if c.train.cls_dropout is None else {"classifier_dropout": c.train.cls_dropout,
+                                                             "cls_dropout": c.train.cls_dropout}  # fmt: skip
+        model = build_model(
+            c.model.name, data.kind, num_labels=data.num_labels, pretrained=c.model.pretrained,
+            path=c.model.path, trust_remote_code=c.model.trust_remote_code, overrides=overrides,
+        )  # fmt: skip
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    head = head_parameter_names(model)
-    report = methods.apply(model, spec.method, spec.method_cfg, head=head)
+    if data.kind == "classification":
+        # Its loss is a batch mean that ignores `num_items_in_batch`; told otherwise (its forward takes **kwargs),
+        # the Trainer multiplies it by the number of processes under DDP and skips dividing it by grad_accum.
+        model.accepts_loss_kwargs = False
+    report = methods.apply(model, spec.method, spec.method_cfg, head=head_parameter_names(model))
     if init is not None:
         load_adapter(model, init, head=False)
     run.report, run.primary = report, data.primary
     run.suffixes = [EVAL_SUFFIX[s] for s in data.evals]
-    counts = count_parameters(model)
-    run.record.params = {k: v for k, v in counts.as_dict().items()}
+    run.record.params = {k: v for k, v in count_parameters(model).as_dict().items()}
     run.record.targets = list(report.modules)
-    callback = RecordCallback(run)
-    trainer = Trainer(
-        model=model,
-        args=training_args(c, run.out_dir, device),
-        train_dataset=data.train,
-        eval_dataset=data.evals,
-        data_collator=data.collator,
-        compute_metrics=data.compute_metrics,
-        callbacks=[callback],
+    return Prepared(args, tokenizer, data, model, report)
+
+
+def _previous(record: records.RunRecord, results_dir: str) -> records.RunRecord | None:
+    """The record a previous attempt of this run left, if any."""
+    path = Path(results_dir) / records.record_filename(record)
+    try:
+        return records.RunRecord.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _fit(spec: RunSpec, run: Run, p: Prepared) -> None:
+    c, record = spec.cfg, run.record
+    ckpt = resume.latest(run.out_dir / "resume", record.config_hash) if c.train.max_steps != 0 else None
+    previous = (
+        _previous(record, c.results_dir) if is_main_process() else None
+    )  # before the main process writes
+    if ckpt is not None:
+        state = resume.read_meta(ckpt)
+        run.restore(state["run"])
+        run.note = (f"resumed after epoch {len(record.epochs)} (step {state['global_step']}) from the checkpoint "
+                    f"of an interrupted attempt started {state['run']['started']}")  # fmt: skip
+    elif previous is not None and previous.status == "running":
+        run.note = (
+            f"restarted: the attempt started {previous.started} was interrupted before its first checkpoint"
+        )
+    trainer = resume.ResumableTrainer(
+        model=p.model,
+        args=p.args,
+        train_dataset=p.data.train,
+        eval_dataset=p.data.evals,
+        data_collator=p.data.collator,
+        compute_metrics=p.data.compute_metrics,
+        callbacks=[RecordCallback(run)],
+        resume_root=run.out_dir / "resume",
+        run_state=run.state,
+        config_hash=record.config_hash,
     )
     if c.logger.name == "csv":
-        trainer.add_callback(CsvLogger(run.out_dir / "metrics.csv"))
+        csv = CsvLogger(run.out_dir / "metrics.csv")
+        if ckpt is not None:
+            csv.truncate(int(resume.read_meta(ckpt)["global_step"]))
+        trainer.add_callback(csv)
+    device = device_of(c)
+    run.save()  # status `running` from here on
     with MemoryMeter(device) as mem:
         start = time.perf_counter()
         if c.train.max_steps == 0:  # evaluate the model as it is (e.g. method=none: before adaptation)
             trainer.evaluate()  # the callback records it as epoch 0
             samples_per_s = 0.0
         else:
-            samples_per_s = float(trainer.train().metrics.get("train_samples_per_second", 0.0))
+            out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
+            samples_per_s = float(out.metrics.get("train_samples_per_second", 0.0))
         elapsed = time.perf_counter() - start
-    if c.task.kind == "nlg":  # the paper scores the final model (e.g. Table 18: after 26,000 steps)
-        last = run.record.epochs[-1] if run.record.epochs else {"epoch": 0, "metrics": {}}
-        scores = decode_and_score(spec, run, model, tokenizer)
-        run.record.best = {"epoch": last["epoch"], "metrics": {**last["metrics"], **scores}}
+    if (
+        c.task.kind == "nlg"
+    ):  # the paper scores the final model (Table 18: after 26,000 steps); rank 0 decodes
+        last = record.epochs[-1] if record.epochs else {"epoch": 0, "metrics": {}}
+        scores = decode_and_score(spec, run, p.model, p.tokenizer) if is_main_process() else {}
+        record.best = {"epoch": last["epoch"], "metrics": {**last["metrics"], **scores}}
         if c.save_adapter and is_main_process():
-            save_adapter(model, run.out_dir / "adapter", spec.method, spec.method_cfg, report)
-    if run.record.best is None:
-        raise Diverged(f"no finite {data.primary} at any epoch")
-    run.record.memory = {"peak_bytes": int(mem.peak), "kind": mem.kind}
-    run.record.time = {
+            save_adapter(p.model, run.out_dir / "adapter", spec.method, spec.method_cfg, p.report)
+    if record.best is None:
+        raise Diverged(f"no finite {p.data.primary} at any epoch")
+    record.memory = {"peak_bytes": int(mem.peak), "kind": mem.kind}
+    record.time = {
         "train_s": round(elapsed, 3),
         "eval_s": round(run.eval_s, 3),
         "samples_per_s": round(samples_per_s, 3),
     }
-    run.record.finish("complete")
+    record.finish("complete", run.note)
     run.save()
+    if is_main_process():
+        shutil.rmtree(run.out_dir / "resume", ignore_errors=True)
 
 
 class CsvLogger(TrainerCallback):
@@ -404,7 +517,17 @@ class CsvLogger(TrainerCallback):
     def __init__(self, path: Path):
         self.path = path
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+    def truncate(self, step: int) -> None:
+        """Drop the rows after `step` (a resumed run logs them again)."""
+        if not is_main_process() or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= step]
+        self.path.write_text("".join(kept))
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
+    ) -> None:
         if not is_main_process() or not logs:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
 Interleaving: every repetition ("round") runs each variant once, back to back, in an order rotated by one each
 round, so slow drifts of a shared machine's load hit all variants alike. Ratios between variants are taken per
-round and then summarised by their median (`paired_ratio`), which is robust to the rounds a burst of load spoils.
+round and summarised by their median, which is robust to the rounds a burst of load spoils; the ratio of the
+minima (best rounds) is reported beside it (`paired_ratio`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class Stats:
     def median(self) -> float:
         return statistics.median(self.samples)
 
+    @property
+    def min(self) -> float:
+        return min(self.samples)
+
     def ms(self) -> str:
         """`mean ± std` in milliseconds."""
         return f"{1e3 * self.mean:.1f} ± {1e3 * self.std:.1f}"
@@ -49,14 +54,17 @@ class Stats:
 
 @dataclass(frozen=True)
 class Ratio:
-    """t_num / t_den per round: `median` of those ratios and their range over rounds."""
+    """num / den. median, low, high: the median and range of the per-round ratios (both variants timed in the
+    same round); of_minima: min(num) / min(den), the ratio of the best rounds. Other jobs on a shared machine only
+    ever add time, so the best round is the closest to the unloaded cost (the reason `timeit` reports minima)."""
 
     median: float
     low: float
     high: float
+    of_minima: float
 
     def __str__(self) -> str:
-        return f"{self.median:.3f} (rounds: {self.low:.3f}-{self.high:.3f})"
+        return f"{self.median:.3f} (rounds {self.low:.3f}-{self.high:.3f}; of minima {self.of_minima:.3f})"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -95,22 +103,21 @@ def interleaved(
             t0 = time.perf_counter()
             fns[name]()
             sync(device)
-            dt = time.perf_counter() - t0
             if i >= warmup:
-                samples[name].append(dt)
+                samples[name].append(time.perf_counter() - t0)
         if progress is not None:
             tag = f"warm-up {i + 1}/{warmup}" if i < warmup else f"round {i - warmup + 1}/{reps}"
             times = ", ".join(f"{n} {1e3 * samples[n][-1]:.0f} ms" for n in names if i >= warmup)
             progress(f"  {tag}" + (f": {times}" if times else ""))
-    return {n: Stats(tuple(s)) for n, s in samples.items()}
+    return {n: Stats(tuple(samples[n])) for n in names}
 
 
 def paired_ratio(num: Stats, den: Stats) -> Ratio:
-    """Per-round ratios num/den (both timed in the same round), summarised by median and range."""
-    if len(num.samples) != len(den.samples):
+    """num / den: the median and range of the per-round ratios, and the ratio of the minima."""
+    if len(num.samples) != len(den.samples) or not num.samples:
         raise ValueError(f"cannot pair {len(num.samples)} samples with {len(den.samples)}")
     r = [a / b for a, b in zip(num.samples, den.samples, strict=True)]
-    return Ratio(statistics.median(r), min(r), max(r))
+    return Ratio(statistics.median(r), min(r), max(r), num.min / den.min)
 
 
 def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:

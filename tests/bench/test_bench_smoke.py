@@ -27,15 +27,15 @@ def test_interleaved_rotates_the_order_and_skips_warmup() -> None:
     fns = {n: (lambda n=n: calls.append(n)) for n in "abc"}
     stats = interleaved(fns, reps=2, device=CPU, warmup=1)
     assert calls == list("abcbcacab")  # round i starts with variant i mod 3
-    assert all(len(s.samples) == 2 and min(s.samples) >= 0 for s in stats.values())
+    assert all(len(s.samples) == 2 and s.min >= 0 for s in stats.values())
 
 
 def test_stats_and_paired_ratio() -> None:
     s = Stats((1.0, 2.0, 4.0))
-    assert (s.mean, s.median) == (7 / 3, 2.0)
-    assert s.std == pytest.approx(1.527525, abs=1e-6)  # statistics.stdev([1, 2, 4]) by hand: sqrt(7/3)
-    r = paired_ratio(s, Stats((1.0, 1.0, 2.0)))  # per-round ratios 1, 2, 2
-    assert (r.median, r.low, r.high) == (2.0, 1.0, 2.0)
+    assert (s.mean, s.median, s.min) == (7 / 3, 2.0, 1.0)
+    assert s.std == pytest.approx(1.527525, abs=1e-6)  # sample std of [1, 2, 4] by hand: sqrt(7/3)
+    r = paired_ratio(s, Stats((1.0, 1.0, 0.5)))  # per-round ratios 1, 2, 8; minima 1 / 0.5
+    assert (r.median, r.low, r.high, r.of_minima) == (2.0, 1.0, 8.0, 2.0)
     with pytest.raises(ValueError, match="cannot pair"):
         paired_ratio(s, Stats((1.0,)))
 
@@ -70,7 +70,7 @@ def test_lora_core_runs_and_writes_its_report(tmp_path: Path) -> None:
         "step time, ours / full FT",
         "forward latency, merged / base",
     }
-    assert all(r.low <= r.median <= r.high and r.median > 0 for r in report.ratios.values())
+    assert all(0 < r.low <= r.median <= r.high and r.of_minima > 0 for r in report.ratios.values())
     text = out.read_text()
     assert "`python experiments/bench.py lora-core --test`" in text
     assert "| LoRA (peft) | 3,170 |" in text and "## Ratios" in text and "load average" in text
