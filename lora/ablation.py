@@ -39,7 +39,6 @@ TABLE5_RANKS: dict[str, int] = {
 }  # fmt: skip
 RANK_EXPERIMENTS: tuple[str, ...] = ("targets_q", "targets_qv", "targets_qkvo")
 RANK_SWEEP: tuple[int, ...] = (1, 2, 4, 8, 64)
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------------------------------------------- budget
 
@@ -47,6 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def lora_trainable(model: str, targets: Sequence[str], r: int) -> int:
     """Trainable parameters (paper convention: no task head) of LoRA at rank `r` on the roles `targets` of `model`,
     counted on the meta device (no weights, no download)."""
+    # Imported here and below: transformers takes ~4 s to load, which summaries and plots do not need.
     from lora import methods
     from lora.models import build_model, head_parameter_names, spec
     from lora.params import count_parameters

@@ -57,8 +57,15 @@ def save_adapter(
     tensors = {n: params[n].detach().cpu().contiguous() for n in list(report.trainable) + head_names}
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{WEIGHTS}.")
     os.close(fd)
-    save_file(tensors, tmp, metadata={"format": FORMAT})
-    os.replace(tmp, out / WEIGHTS)
+    try:  # temp file + fsync + rename: a crash leaves the previous adapter or the new one, never part of one
+        save_file(tensors, tmp, metadata={"format": FORMAT})
+        fd = os.open(tmp, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(tmp, out / WEIGHTS)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     meta = {
         "format": FORMAT,
         "method": method,
@@ -109,7 +116,8 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, head: bool = Tr
         raise ValueError(
             f"adapter at {directory} was trained on a {theirs.get('model_type')} model of width "
             f"{theirs.get('hidden_size')} with {theirs.get('num_layers')} layers; this is a {ours['model_type']} "
-            f"model of width {ours['hidden_size']} with {ours['num_layers']} layers"
+            f"model of width {ours['hidden_size']} with {ours['num_layers']} layers; pass an adapter trained on "
+            "this model (or init_from=null)"
         )
     method = meta["method"]
     cfg = methods.method_config(method, **meta["config"])

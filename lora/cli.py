@@ -103,7 +103,9 @@ def hydra_main(
     from omegaconf.errors import OmegaConfBaseException
 
     def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], None]:
-        conf = Path(inspect.getfile(task)).resolve().parent / config_path  # absolute: the file may be imported
+        conf = (
+            Path(inspect.getfile(task)).resolve().parent / config_path
+        )  # absolute: the file may be imported
         job = hydra.main(config_path=str(conf.resolve()), config_name=config_name, version_base="1.3")(
             friendly_errors(task)
         )

@@ -16,18 +16,27 @@ LABELS = {
     "adapter_p": "Adapter (Pfeiffer)",
     "prefix_embed": "Prefix (embedding)",
     "lora": "LoRA (r=8, q,v)",
+    "none": "no adaptation",
 }
 
 
-def demo_table(runs_dir: str | Path, experiment: str = "demo") -> pd.DataFrame:
-    """One row per method: the newest complete record of `experiment` for that method."""
+def _newest(runs_dir: str | Path, experiment: str, target: str) -> dict[str, records.RunRecord]:
+    """The newest complete record of `experiment` per method."""
+    if not Path(runs_dir).is_dir():
+        raise FileNotFoundError(f"no demo records: {runs_dir} does not exist: run `{target}`")
     newest: dict[str, records.RunRecord] = {}
     for r in records.load_records(runs_dir):
         if r.experiment == experiment and r.status == "complete":
             if r.method not in newest or (r.finished or "") > (newest[r.method].finished or ""):
                 newest[r.method] = r
     if not newest:
-        raise FileNotFoundError(f"no complete demo records under {runs_dir}: run `make demo`")
+        raise FileNotFoundError(f"no complete {experiment} records under {runs_dir}: run `{target}`")
+    return newest
+
+
+def demo_table(runs_dir: str | Path, experiment: str = "demo") -> pd.DataFrame:
+    """One row per method: the newest complete record of `experiment` for that method."""
+    newest = _newest(runs_dir, experiment, "make demo")
     rows = []
     for m in sorted(newest, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)):
         r = newest[m]
@@ -68,4 +77,45 @@ def render(df: pd.DataFrame, runs_dir: str | Path) -> str:
             f"(within 2 points at well under 1%) {verdict} here.",
         ]
     lines += ["", f"Built by `make demo` from the records in `{runs_dir}`."]
+    return "\n".join(lines) + "\n"
+
+
+NLG_METRICS = (("bleu", "BLEU", 100), ("nist", "NIST", 1), ("meteor", "METEOR", 100), ("rouge_l", "ROUGE-L", 100),
+               ("cider", "CIDEr", 1))  # fmt: skip
+
+
+def _label(r: records.RunRecord) -> str:
+    m = r.config.get("method", {})
+    if r.method == "lora":
+        return f"LoRA (r={m.get('r')}, {','.join(m.get('targets', []))})"
+    return LABELS.get(r.method, r.method)
+
+
+def nlg_demo_table(runs_dir: str | Path, experiment: str = "demo_nlg") -> pd.DataFrame:
+    """`make demo-nlg`: the unadapted model (method `none`) and LoRA, E2E metrics on the official scales x100."""
+    newest = _newest(runs_dir, experiment, "make demo-nlg")
+    rows = []
+    for m in sorted(newest, key=lambda m: m != "none"):
+        r = newest[m]
+        scores = r.best["metrics"] if r.best else {}
+        rows.append({
+            "model": "SmolLM2-135M, before adaptation" if m == "none" else f"SmolLM2-135M + {_label(r)}",
+            "trainable": (r.params or {}).get("trainable"),
+            "train time (s)": round((r.time or {}).get("train_s", 0.0), 1),
+            **{name: round(scores[k] * f, 2 if f == 100 else 3) for k, name, f in NLG_METRICS if k in scores},
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def render_nlg(df: pd.DataFrame, runs_dir: str | Path) -> str:
+    lines = [
+        "# NLG demo: SmolLM2-135M on E2E (CPU)",
+        "",
+        df.to_markdown(index=False),
+        "",
+        "BLEU, METEOR, ROUGE-L x100; NIST, CIDEr as the official E2E script. Decoded with beam search (the paper's"
+        " settings) on a fixed subset of the E2E test set; see conf/experiment/demo_nlg.yaml for the budget.",
+        "",
+        f"Built by `make demo-nlg` from the records in `{runs_dir}`.",
+    ]
     return "\n".join(lines) + "\n"

@@ -1,7 +1,8 @@
 """Figures of notebooks/results.ipynb, drawn from a `lora.ablation.summarise` table (one panel per model and task).
 
 Each function returns a `matplotlib.figure.Figure` (no pyplot state); a notebook shows it, `fig.savefig` writes it.
-Scores are the median over seeds of the best-epoch primary metric x 100, with the sample std as error bar.
+Scores are the median over seeds of the best-epoch primary metric x 100, with the sample std as error bar
+(none for a single seed).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def _panels(
 ) -> tuple[Figure, list[tuple[tuple[str, str], pd.DataFrame, Axes]]]:
     """A figure with one axes per (model, task) of `frame`, or a one-line notice when `frame` is empty."""
     groups = list(frame.groupby(["model", "task"], sort=True)) if not frame.empty else []
-    fig = Figure(figsize=(4.2 * max(len(groups), 1), 3.4), layout="constrained")
+    fig = Figure(figsize=(4.2 * max(len(groups), 1), 3.4), layout="constrained" if groups else None)
     axes = fig.subplots(1, max(len(groups), 1), squeeze=False)[0]
     if not groups:
         axes[0].set_axis_off()
@@ -38,7 +39,7 @@ def score_vs_params(summary: pd.DataFrame) -> Figure:
     colours = {m: f"C{i}" for i, m in enumerate(sorted(summary["method"].unique()))} if len(summary) else {}
     for _, g, ax in panels:
         for method, gm in g.groupby("method"):
-            ax.errorbar(gm["trainable"], gm["score"], yerr=gm["score_std"].fillna(0.0), fmt="o", capsize=3,
+            ax.errorbar(gm["trainable"], gm["score"], yerr=gm["score_std"], fmt="o", capsize=3,
                         color=colours[method], label=method)  # fmt: skip
         for row in g.itertuples():
             label = row.experiment + (f" r={row.r}" if pd.notna(row.r) else "")
@@ -60,7 +61,7 @@ def target_ablation(summary: pd.DataFrame) -> Figure:
     for _, g, ax in panels:
         g = g.set_index("experiment").reindex(names)
         x = np.arange(len(names))
-        ax.bar(x, g["score"], yerr=g["score_std"].fillna(0.0), capsize=3, color="C0")
+        ax.bar(x, g["score"], yerr=g["score_std"], capsize=3, color="C0")
         ax.set_xticks(x, [f"{','.join(TARGET_SETS[n])}\nr={TABLE5_RANKS[n]}" for n in names], fontsize=7)
         lo = np.nanmin(g["score"]) if g["score"].notna().any() else 0.0
         ax.set_ylim(bottom=max(0.0, lo - 5.0))
@@ -75,7 +76,7 @@ def rank_ablation(summary: pd.DataFrame) -> Figure:
         for exp in RANK_EXPERIMENTS:
             ge = g[g["experiment"] == exp].sort_values("r")
             if len(ge):
-                ax.errorbar(ge["r"].astype(int), ge["score"], yerr=ge["score_std"].fillna(0.0), marker="o",
+                ax.errorbar(ge["r"].astype(int), ge["score"], yerr=ge["score_std"], marker="o",
                             capsize=3, label=",".join(TARGET_SETS[exp]))  # fmt: skip
         ranks = sorted({int(r) for r in g["r"]})
         ax.set_xscale("log", base=2)

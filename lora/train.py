@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 import transformers
@@ -53,6 +54,20 @@ class Diverged(RuntimeError):
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def export_submitit_ranks() -> None:
+    """A submitit job of several tasks (hydra/launcher=slurm with tasks_per_node=N, one GPU each) is one DDP run:
+    export RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for torch.distributed, as torchrun does."""
+    if "RANK" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    from submitit import JobEnvironment
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if JobEnvironment().num_tasks > 1:
+        TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=False
+        )  # the Trainer picks cuda:LOCAL_RANK
 
 
 def device_of(cfg: Config) -> torch.device:
@@ -184,13 +199,8 @@ class Run:
     """State of one run while it trains (the record, the output directory, the best metric so far)."""
 
     def __init__(self, spec: RunSpec, record: records.RunRecord, out_dir: Path, primary: str, report: Any):
-        self.spec, self.record, self.out_dir, self.primary, self.report = (
-            spec,
-            record,
-            out_dir,
-            primary,
-            report,
-        )
+        self.spec, self.record, self.out_dir = spec, record, out_dir
+        self.primary, self.report = primary, report
         self.best: float | None = None
         self.eval_s = 0.0
         self.suffixes: list[str] = [""]
@@ -290,7 +300,7 @@ def training_args(cfg: Config, out_dir: Path, device: torch.device) -> TrainingA
         lr_scheduler_type="linear",
         warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
         optim="adamw_torch",
-        label_smoothing_factor=t.label_smoothing,
+        label_smoothing_factor=0.0 if cfg.task.kind == "nlg" else t.label_smoothing,
         eval_strategy="epoch",
         save_strategy="epoch",  # lora.resume's checkpoints (ResumableTrainer._save_checkpoint)
         logging_strategy="steps",
@@ -311,10 +321,13 @@ def execute(cfg: DictConfig) -> records.RunRecord:
     """Validate `cfg`, skip the run if a complete record with the same config hash exists (sweep resume), else
     train and evaluate it and write its record. Returns the record; a run that diverged or ran out of memory
     returns its record (status `diverged` / `oom`), any other error is raised (status `failed` if it had started)."""
+    export_submitit_ranks()
     spec = validate(cfg)
     c = spec.cfg
     records.ensure_writable(c.results_dir)
     config = {k: v for k, v in spec.raw.items() if k != "force"}
+    if world_size() > 1:  # part of the run: the global batch is batch_size x world_size x grad_accum
+        config["world_size"] = world_size()
     record = records.new_record(
         config, experiment=c.experiment, model=c.model.name, task=c.task.name, method=spec.method, seed=c.seed,
         device=device_of(c),
@@ -408,28 +421,44 @@ class Prepared:
 
 
 def _setup(spec: RunSpec, run: Run, init: Path | None) -> Prepared:
+    """Tokenizer, model with the method (and `init_from` adapter), data: the cheap checks of the inputs first."""
+    from lora.data import glue
+
     c = spec.cfg
     transformers.set_seed(c.seed)
+    if not c.train.progress:
+        datasets.disable_progress_bars()
     args = training_args(c, run.out_dir, device_of(c))
-    # Rank 0 (of each node) builds the tokenised-data cache (and a converted checkpoint) first; the others read it.
-    with args.main_process_first(desc="tokenise the data and build the model"):
+    kind = "causal_lm" if c.task.kind == "nlg" else "classification"
+    num_labels = 0 if c.task.kind == "nlg" else glue.get_task(c.task.name).num_labels
+    overrides = {} if c.train.cls_dropout is None else {"classifier_dropout": c.train.cls_dropout,
+                                                         "cls_dropout": c.train.cls_dropout}  # fmt: skip
+    # Rank 0 (of each node) fills the caches first (tokenised data, a converted checkpoint); the others read them.
+    with args.main_process_first(desc="build the model and tokenise the data"):
         tokenizer = build_tokenizer(c.model.name, c.model.path)
-        data = nlg_data(c, tokenizer) if c.task.kind == "nlg" else glue_data(c, tokenizer)
-        overrides = {} if c.train.cls_dropout is None else {"classifier_dropout": c.train.cls_dropout,
-                                                             "cls_dropout": c.train.cls_dropout}  # fmt: skip
         model = build_model(
-            c.model.name, data.kind, num_labels=data.num_labels, pretrained=c.model.pretrained,
-            path=c.model.path, trust_remote_code=c.model.trust_remote_code, overrides=overrides,
+            c.model.name, kind, num_labels=num_labels, pretrained=c.model.pretrained, path=c.model.path,
+            trust_remote_code=c.model.trust_remote_code, overrides=overrides,
         )  # fmt: skip
+        transformers.set_seed(
+            c.seed
+        )  # the method's random init (LoRA's A, adapters' W_down) follows the run seed
+        report = methods.apply(model, spec.method, spec.method_cfg, head=head_parameter_names(model))
+        if init is not None:
+            load_adapter(model, init, head=False)
+        data = nlg_data(c, tokenizer) if c.task.kind == "nlg" else glue_data(c, tokenizer)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    if data.kind == "classification":
+    if kind == "causal_lm" and c.train.label_smoothing > 0:
+        # Smoothed inside the model's own loss, on the labels the model sees (a prefix method extends them), not by
+        # the Trainer on the caller's labels (training_args passes it label_smoothing_factor=0 for generation).
+        from lora.generation import smoothed_lm_loss
+
+        model.loss_function = smoothed_lm_loss(c.train.label_smoothing)
+    if kind == "classification":
         # Its loss is a batch mean that ignores `num_items_in_batch`; told otherwise (its forward takes **kwargs),
         # the Trainer multiplies it by the number of processes under DDP and skips dividing it by grad_accum.
         model.accepts_loss_kwargs = False
-    report = methods.apply(model, spec.method, spec.method_cfg, head=head_parameter_names(model))
-    if init is not None:
-        load_adapter(model, init, head=False)
     run.report, run.primary = report, data.primary
     run.suffixes = [EVAL_SUFFIX[s] for s in data.evals]
     run.record.params = {k: v for k, v in count_parameters(model).as_dict().items()}
@@ -449,9 +478,8 @@ def _previous(record: records.RunRecord, results_dir: str) -> records.RunRecord 
 def _fit(spec: RunSpec, run: Run, p: Prepared) -> None:
     c, record = spec.cfg, run.record
     ckpt = resume.latest(run.out_dir / "resume", record.config_hash) if c.train.max_steps != 0 else None
-    previous = (
-        _previous(record, c.results_dir) if is_main_process() else None
-    )  # before the main process writes
+    # What an earlier attempt left (read before this attempt writes; only the main process writes the record)
+    previous = _previous(record, c.results_dir) if is_main_process() else None
     if ckpt is not None:
         state = resume.read_meta(ckpt)
         run.restore(state["run"])
@@ -489,9 +517,8 @@ def _fit(spec: RunSpec, run: Run, p: Prepared) -> None:
             out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
             samples_per_s = float(out.metrics.get("train_samples_per_second", 0.0))
         elapsed = time.perf_counter() - start
-    if (
-        c.task.kind == "nlg"
-    ):  # the paper scores the final model (Table 18: after 26,000 steps); rank 0 decodes
+    # NLG: the paper scores the final model (Table 18: after 26,000 steps), by beam search on rank 0
+    if c.task.kind == "nlg":
         last = record.epochs[-1] if record.epochs else {"epoch": 0, "metrics": {}}
         scores = decode_and_score(spec, run, p.model, p.tokenizer) if is_main_process() else {}
         record.best = {"epoch": last["epoch"], "metrics": {**last["metrics"], **scores}}

@@ -94,7 +94,9 @@ RESOLVED: list[tuple[str, str | None, dict[str, Any]]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("experiment", "task", "expected"), RESOLVED, ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    ("experiment", "task", "expected"), RESOLVED, ids=lambda x: x if isinstance(x, str) else ""
+)
 def test_per_task_hyperparameters_resolve_to_the_papers_values(
     experiment: str, task: str | None, expected: dict[str, Any]
 ) -> None:

@@ -1,9 +1,11 @@
 """Smoke runs of every experiment file (conf/experiment/*.yaml) through `lora.train.execute`, as
 `experiments/train.py experiment=<name>` runs it, on a tiny model of the same family and real data for 2 steps.
 
-The fast set holds one experiment per (method family x task kind) and one per NLG task; the others are marked slow
-(`make test-slow`). NLG runs decode with beam 2 for 4 tokens; the Java scorers (METEOR, ROUGE-L, CIDEr: ~15 s per
-call) are replaced by a stub here, tests/test_generation.py covers the real scoring path.
+The demo runs once per method of `make demo`, and demo_nlg also as `make demo-nlg`'s unadapted baseline. All runs
+together take 80-125 s on a 2-core machine, so the fast set holds one experiment per (method family x task kind)
+and one per NLG task; the others are marked slow (`make test-slow`). NLG runs decode with beam 2 for 4 tokens; the
+Java scorers (METEOR, ROUGE-L, CIDEr: ~10-15 s a call) are replaced by a stub here, tests/test_generation.py runs
+the real ones.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ NLG_TASKS = ("e2e", "webnlg", "dart")
 FAST = {
     "roberta_base_lora",  # GLUE, LoRA, MNLI-initialised rows (init_from=null here)
     "deberta_xxl_lora",  # GLUE, another family (DeBERTa-v2), bf16 and cls_dropout
-    "demo",  # GLUE-style, the demo's per-method lr
+    "demo",  # GLUE-style, once per method of `make demo` (full, bitfit, adapters, prefix, LoRA)
     "gpt2_medium_e2e_lora",  # NLG, LoRA (fused c_attn)
     "gpt2_medium_e2e_ft",  # NLG, full fine-tuning
     "gpt2_medium_e2e_adapter_l_0.37m",  # NLG, adapters
@@ -72,7 +74,8 @@ def nlg_data_dir(tmp_path: Path) -> Path:
     for name in ("e2e", "webnlg_challenge_2017"):
         (root / name).symlink_to(SHARED / name)
     dart = SHARED / "dart"
-    short = [e for e in json.loads((dart / "dart-v1.1.1-full-dev.json").read_text()) if len(e["tripleset"]) <= 2]
+    dev = json.loads((dart / "dart-v1.1.1-full-dev.json").read_text())
+    short = [e for e in dev if len(e["tripleset"]) <= 2]
     for split in ("train", "dev"):
         (root / "dart" / f"dart-v1.1.1-full-{split}.json").write_text(json.dumps(short[:32]))
     (root / "dart" / "dart-v1.1.1-full-test.xml").symlink_to(dart / "dart-v1.1.1-full-test.xml")
@@ -116,13 +119,23 @@ def stub_java_scorers(monkeypatch: pytest.MonkeyPatch) -> None:
     })  # fmt: skip
 
 
+# Known bugs (see tests/test_train.py::test_causal_lm_logits_stay_aligned_with_the_callers_labels_under_prefix_embed):
+# prefix_embed's logits cover its virtual tokens, which Trainer's label smoother (label_smoothing 0.1 on E2E and
+# WebNLG; DART has none) cannot pair with the caller's labels.
+KNOWN_BUGS: dict[str, str] = {}  # experiment -> reason, for a known failure kept visible as a strict xfail
+
+
 def smoke_params() -> list:
     cases = [(e, ()) for e in EXPERIMENTS]
+    cases += [("demo", (f"method={m}",)) for m in ("full", "bitfit", "adapter_h", "adapter_p", "prefix_embed")]  # fmt: skip
     cases.append(("demo_nlg", ("method=none", "train.max_steps=0")))  # make demo-nlg's "before" run
-    return [
-        pytest.param(e, extra, id=" ".join((e, *extra)), marks=() if e in FAST else pytest.mark.slow)
-        for e, extra in cases
-    ]
+    params = []
+    for e, extra in cases:
+        marks = [] if e in FAST else [pytest.mark.slow]
+        if e in KNOWN_BUGS:
+            marks.append(pytest.mark.xfail(strict=True, raises=RuntimeError, reason=KNOWN_BUGS[e]))
+        params.append(pytest.param(e, extra, id=" ".join((e, *extra)), marks=marks))
+    return params
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data not found at {SHARED} (../shared/data)")
@@ -140,8 +153,8 @@ def test_experiment_runs(
     assert (record.params["trainable"] > 0) == trained
     assert record.best is not None and record.epochs
     if task_of(experiment) in NLG_TASKS:
-        expected = {"e2e": "nist", "webnlg": "bleu_unseen", "dart": "ter"}[task_of(experiment)]
-        assert expected in record.best["metrics"]
+        expected = {"e2e": "nist", "webnlg": "bleu_seen", "dart": "ter"}[task_of(experiment)]
+        assert expected in record.best["metrics"]  # (the first two WebNLG test inputs are of seen categories)
         lines = (tmp_path / "results" / f"{run_name(record)}.predictions.txt").read_text().splitlines()
         assert len(lines) == 2
     else:
@@ -152,4 +165,4 @@ def test_experiment_runs(
 
 def test_fast_set_names_existing_experiments() -> None:
     # A renamed experiment file must not silently drop out of the fast set.
-    assert FAST <= set(EXPERIMENTS)
+    assert set(EXPERIMENTS) >= FAST

@@ -66,12 +66,15 @@ def test_the_task_configs_beam_settings_reach_generate(
     scores = decode_and_score(spec, Run(spec, record, tmp_path, "", None), model, tokenizer)
 
     (call,) = calls  # both inputs in one batch
-    kwargs = {k: v for k, v in call.items() if k not in ("input_ids", "attention_mask")}
+    kwargs = {k: v for k, v in call.items() if k not in ("input_ids", "attention_mask", "logits_processor")}
     assert kwargs == {
-        "num_beams": 10, "length_penalty": length_penalty, "no_repeat_ngram_size": 4, "max_new_tokens": 64,
-        "early_stopping": True, "do_sample": False, "pad_token_id": tokenizer.pad_token_id,
+        "num_beams": 10, "length_penalty": length_penalty, "max_new_tokens": 64,
+        "early_stopping": "never", "do_sample": False, "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }  # fmt: skip
+    (banned,) = call["logits_processor"]  # no repeated 4-grams among the generated tokens (not the prompt)
+    assert isinstance(banned, generation.GeneratedNoRepeatNGram) and banned.ngram_size == 4
+    assert banned.prompt_length == call["input_ids"].shape[1]
     # Left padding: every prompt ends at the last column with its <eos> separator.
     assert (call["input_ids"][:, -1] == tokenizer.eos_token_id).all()
     assert (call["attention_mask"][:, -1] == 1).all()
@@ -83,11 +86,24 @@ def test_the_task_configs_beam_settings_reach_generate(
 
 # ---------------------------------------------------------------------------------------------- decoding
 
+REFERENCES = [
+    "The Eagle serves French food .",
+    "Alimentum is not for kids .",
+    "Bibimbap is a pub .",
+    "Cheap pub .",
+]
 EXAMPLES = [  # short E2E-style inputs of different lengths, one reference each
-    NLGExample("name : The Eagle | food : French", ("The Eagle serves French food .",)),
-    NLGExample("name : Alimentum | area : city centre | family friendly : no", ("Alimentum is not for kids .",)),
-    NLGExample("name : Bibimbap", ("Bibimbap is a pub .",)),
-    NLGExample("name : The Vaults | Type : pub | price : cheap | near : Café Adriatic", ("Cheap pub .",)),
+    NLGExample(source, (reference,))
+    for source, reference in zip(
+        [
+            "name : The Eagle | food : French",
+            "name : Alimentum | area : city centre | family friendly : no",
+            "name : Bibimbap",
+            "name : The Vaults | Type : pub | price : cheap | near : Café Adriatic",
+        ],
+        REFERENCES,
+        strict=True,
+    )
 ]
 
 
@@ -113,30 +129,39 @@ def trained_gpt2() -> tuple[nn.Module, Any]:
 
 def test_decode_returns_one_string_per_example_in_order(trained_gpt2: tuple[nn.Module, Any]) -> None:
     model, tokenizer = trained_gpt2
-    cfg = generation.DecodeConfig(num_beams=2, max_new_tokens=24, batch_size=4)
+    cfg = generation.DecodeConfig(num_beams=1, no_repeat_ngram_size=0, max_new_tokens=24, batch_size=4)
     batched = generation.decode(model, tokenizer, EXAMPLES, cfg, progress=False)
-    one_by_one = [
-        generation.decode(model, tokenizer, [e], cfg, progress=False)[0] for e in EXAMPLES
-    ]  # no padding at all
-    # Prompts of different lengths in one left-padded batch decode exactly as they do alone, in input order.
-    assert batched == one_by_one
-    assert batched == [e.references[0] for e in EXAMPLES]
+    one_by_one = [generation.decode(model, tokenizer, [e], cfg, progress=False)[0] for e in EXAMPLES]
+    # Prompts of different lengths in one left-padded batch decode as they do alone (unpadded), in input order.
+    assert batched == one_by_one == REFERENCES
     assert not model.training
 
 
 def test_decode_in_several_batches_keeps_order(trained_gpt2: tuple[nn.Module, Any]) -> None:
     model, tokenizer = trained_gpt2
-    cfg = generation.DecodeConfig(num_beams=1, max_new_tokens=24, batch_size=3)  # batches of 3 and 1
-    assert generation.decode(model, tokenizer, EXAMPLES[::-1], cfg, progress=False) == [
-        e.references[0] for e in EXAMPLES[::-1]
-    ]
+    cfg = generation.DecodeConfig(num_beams=3, no_repeat_ngram_size=0, max_new_tokens=24, batch_size=3)
+    reverse = EXAMPLES[::-1]  # batches of 3 and 1
+    assert generation.decode(model, tokenizer, reverse, cfg, progress=False) == REFERENCES[::-1]
+
+
+def test_no_repeat_ngram_counts_only_generated_tokens(trained_gpt2: tuple[nn.Module, Any]) -> None:
+    # "Bibimbap" (source "name : Bibimbap") is 8 tiny-BPE tokens: copying it repeats 4-grams of the prompt only.
+    model, tokenizer = trained_gpt2
+    cfg = generation.DecodeConfig(num_beams=1, no_repeat_ngram_size=4, max_new_tokens=24)
+    assert generation.decode(model, tokenizer, EXAMPLES, cfg, progress=False) == REFERENCES
+
+
+def test_beam_search_keeps_the_best_hypothesis(trained_gpt2: tuple[nn.Module, Any]) -> None:
+    model, tokenizer = trained_gpt2
+    cfg = generation.DecodeConfig(num_beams=2, no_repeat_ngram_size=0, max_new_tokens=24)
+    assert generation.decode(model, tokenizer, EXAMPLES, cfg, progress=False) == REFERENCES
 
 
 # ----------------------------------------------------------------------------------------------- scoring
 
 
 def test_score_reports_each_tasks_metrics(stub_java_scorers: None) -> None:
-    refs = [e.references[0] for e in EXAMPLES]
+    refs = REFERENCES
     assert set(generation.score("e2e", refs, EXAMPLES)) == E2E_METRICS  # Table 3
     dart = generation.score("dart", refs, EXAMPLES)  # Table 13
     assert set(dart) == {"bleu", "meteor", "ter"}
@@ -146,7 +171,7 @@ def test_score_reports_each_tasks_metrics(stub_java_scorers: None) -> None:
 def test_webnlg_is_also_scored_on_seen_and_unseen_categories(stub_java_scorers: None) -> None:
     seen = [NLGExample(e.source, e.references, "Airport", True) for e in EXAMPLES[:2]]
     unseen = [NLGExample(e.source, e.references, "Artist", False) for e in EXAMPLES[2:]]
-    hyps = [EXAMPLES[0].references[0], "nothing like it", *(e.references[0] for e in EXAMPLES[2:])]
+    hyps = [REFERENCES[0], "nothing like it", *REFERENCES[2:]]
     scores = generation.score("webnlg", hyps, seen + unseen)  # Table 14: S, U, A
     assert set(scores) == {f"{m}{s}" for m in ("bleu", "meteor", "ter") for s in ("", "_seen", "_unseen")}
     assert scores["bleu_unseen"] == pytest.approx(1.0) and scores["ter_unseen"] == 0.0
@@ -183,8 +208,8 @@ def check_e2e_run(record: records.RunRecord, tmp_path: Path) -> None:
     lines = (tmp_path / "results" / f"{run_name(record)}.predictions.txt").read_text().split("\n")
     assert len(lines) == 3 + 1 and lines[-1] == ""  # one line per decoded input, newline-terminated
     assert (tmp_path / "outputs" / run_name(record) / "adapter").is_dir()
-    on_disk = records.RunRecord.from_json((tmp_path / "results" / records.record_filename(record)).read_text())
-    assert on_disk.best == record.best
+    on_disk = tmp_path / "results" / records.record_filename(record)
+    assert records.RunRecord.from_json(on_disk.read_text()).best == record.best
 
 
 @pytest.mark.skipif(not (SHARED / "e2e").is_dir(), reason=f"real E2E data not found at {SHARED / 'e2e'}")
@@ -198,4 +223,4 @@ def test_e2e_run_decodes_writes_predictions_and_scores(tmp_path: Path, stub_java
 def test_e2e_run_with_the_official_java_scorers(tmp_path: Path) -> None:
     record = execute(e2e_run(tmp_path))
     check_e2e_run(record, tmp_path)
-    assert all(0.0 <= record.best["metrics"][m] for m in E2E_METRICS)
+    assert all(record.best["metrics"][m] >= 0.0 for m in E2E_METRICS)

@@ -25,7 +25,9 @@ from lora.train import execute, resolve_init, run_name
 
 ROOT = Path(__file__).resolve().parent.parent
 GLUE = ROOT.parent / "shared" / "data" / "glue"
-needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"real GLUE data not found at {GLUE} (../shared/data)")
+needs_glue = pytest.mark.skipif(
+    not GLUE.is_dir(), reason=f"real GLUE data not found at {GLUE} (../shared/data)"
+)
 
 
 def tiny_run(tmp_path: Path, *overrides: str, task: str = "rte") -> DictConfig:
@@ -98,7 +100,9 @@ def test_glue_record_holds_every_schema_field(tmp_path: Path) -> None:
     assert d["config"]["train"]["lr"] == 5e-3 and d["config"]["method"]["r"] == 8
     assert d["config_hash"] == records.config_hash(d["config"])
     assert re.fullmatch(r"[0-9a-f]{40}", d["env"]["git"]) and isinstance(d["env"]["dirty"], bool)
-    assert d["env"]["device"] == ("cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+    assert d["env"]["device"] == (
+        "cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    )
 
     # Parameters as lora.params counts them on the same model: the head is trained but not counted (Table 2).
     model = build_model("tiny-roberta", "classification", num_labels=2)
@@ -159,7 +163,10 @@ def fake_mnli(root: Path) -> Path:
     folder.mkdir(parents=True)
     for name, n in (("train", 12), ("dev_matched", 6), ("dev_mismatched", 6)):
         rows = ["index\tgenre\tsentence1\tsentence2\tgold_label"]
-        rows += [f"{i}\tfiction\tthe cat sat on mat {i} .\ta cat is {name} {i} .\t{labels[i % 3]}" for i in range(n)]
+        rows += [
+            f"{i}\tfiction\tthe cat sat on mat {i} .\ta cat is {name} {i} .\t{labels[i % 3]}"
+            for i in range(n)
+        ]
         (folder / f"{name}.tsv").write_text("\n".join(rows) + "\n")
     return root
 
@@ -203,7 +210,9 @@ def fake_record(results: Path, experiment: str, task: str, model: str, seed: int
     return rec
 
 
-def test_init_from_best_picks_the_best_complete_record_of_that_experiment_task_and_model(tmp_path: Path) -> None:
+def test_init_from_best_picks_the_best_complete_record_of_that_experiment_task_and_model(
+    tmp_path: Path,
+) -> None:
     results = tmp_path / "results"
     fake_record(results, "src", "mnli", "tiny-roberta", 0, accuracy=0.6)
     best = fake_record(results, "src", "mnli", "tiny-roberta", 1, accuracy=0.8)
@@ -217,12 +226,18 @@ def test_init_from_best_picks_the_best_complete_record_of_that_experiment_task_a
 
 @pytest.mark.parametrize(
     ("init_from", "names"),
-    [("best:src/mnli", "best:src/mnli"), ("best:nothing/mnli", "init_from=null"), ("{tmp}/no/such/dir", "/no/such/dir")],
+    [
+        ("best:src/mnli", "best:src/mnli"),
+        ("best:nothing/mnli", "init_from=null"),
+        ("{tmp}/no/such/dir", "/no/such/dir"),
+    ],
 )
 def test_init_from_without_an_adapter_is_a_clear_error_before_training(
     init_from: str, names: str, tmp_path: Path, no_training: None
 ) -> None:
-    fake_record(tmp_path / "results", "src", "mnli", "tiny-bert", 0, accuracy=0.8)  # wrong model: not eligible
+    fake_record(
+        tmp_path / "results", "src", "mnli", "tiny-bert", 0, accuracy=0.8
+    )  # wrong model: not eligible
     cfg = tiny_run(tmp_path, f"init_from={init_from.format(tmp=tmp_path)}")
     with pytest.raises(FileNotFoundError, match=re.escape(names)) as err:
         execute(cfg)
@@ -231,15 +246,28 @@ def test_init_from_without_an_adapter_is_a_clear_error_before_training(
 
 
 @needs_glue
-def test_init_from_best_loads_that_adapter_without_its_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_init_from_best_loads_that_adapter_without_its_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The paper starts RTE from the best MNLI adapter (Appendix D.1); MNLI's head is 3-way, RTE's 2-way. The
     # source runs use an experiment file (targets_q: LoRA on W_q) for their name; the target run is "custom".
     mnli = fake_mnli(tmp_path / "glue")
     src = [
-        execute(tiny_run(tmp_path, "experiment=targets_q", f"data_dir={mnli}", "train.lr=1e-2", f"seed={s}", task="mnli"))
+        execute(
+            tiny_run(
+                tmp_path,
+                "experiment=targets_q",
+                f"data_dir={mnli}",
+                "train.lr=1e-2",
+                f"seed={s}",
+                task="mnli",
+            )
+        )
         for s in (0, 1)
     ]
-    best = max(src, key=lambda r: (r.best["metrics"]["accuracy"], -r.seed))  # the first of equals, as max() does
+    best = max(
+        src, key=lambda r: (r.best["metrics"]["accuracy"], -r.seed)
+    )  # the first of equals, as max() does
     adapter = tmp_path / "outputs" / run_name(best) / "adapter"
     saved = read_tensors(adapter / WEIGHTS)
 
@@ -248,7 +276,9 @@ def test_init_from_best_loads_that_adapter_without_its_head(tmp_path: Path, monk
 
     def spy(model: torch.nn.Module, directory: Path, head: bool = True) -> Any:
         out = real_load(model, directory, head=head)
-        loaded.update(directory=Path(directory), head=head, state={k: v.clone() for k, v in model.state_dict().items()})
+        loaded.update(
+            directory=Path(directory), head=head, state={k: v.clone() for k, v in model.state_dict().items()}
+        )
         return out
 
     monkeypatch.setattr(lora.train, "load_adapter", spy)
@@ -292,17 +322,18 @@ def test_method_none_with_zero_steps_evaluates_without_training(tmp_path: Path, 
 # ------------------------------------------------------------------------------------------ known limitations
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: prefix_embed returns logits over the inserted virtual positions (T + l_p), so Trainer's label "
-    "smoother (train.label_smoothing > 0, e.g. gpt2_*_e2e_prefix_embed) pairs them with labels of length T: "
-    "a crash, or a silently shifted loss; see the report",
-)
-def test_causal_lm_logits_stay_aligned_with_the_callers_labels_under_prefix_embed() -> None:
-    # Trainer's label smoother calls model(**inputs) without labels and shifts the caller's labels against
-    # outputs.logits, so the logits must be in the caller's coordinates.
-    model = build_model("tiny-gpt2", "causal_lm")
+def test_causal_lm_label_smoothing_is_computed_on_the_labels_the_model_sees() -> None:
+    # prefix_embed extends the sequence (and the labels) inside the model, so the smoothed loss is the model's own
+    # (lora.generation.smoothed_lm_loss); with epsilon = 0 it equals transformers' unsmoothed causal-LM loss.
+    from lora.generation import smoothed_lm_loss
+
+    model = build_model("tiny-gpt2", "causal_lm").eval()  # no dropout: two forwards must agree
     methods.apply(model, "prefix_embed", methods.method_config("prefix_embed", prefix_length=3))
     ids = torch.randint(5, 500, (2, 7), generator=torch.Generator().manual_seed(0))
-    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-    assert logits.shape[:2] == ids.shape
+    labels = ids.clone()
+    labels[:, :3] = -100
+    plain = model(input_ids=ids, labels=labels).loss
+    model.loss_function = smoothed_lm_loss(0.0)
+    assert torch.allclose(model(input_ids=ids, labels=labels).loss, plain, atol=1e-6)
+    model.loss_function = smoothed_lm_loss(0.1)
+    assert model(input_ids=ids, labels=labels).loss > plain  # smoothing adds the uniform term

@@ -29,6 +29,7 @@ from lora.bench.timing import (
     Ratio,
     Stats,
     interleaved,
+    load_average,
     machine_lines,
     markdown_table,
     paired_ratio,
@@ -102,6 +103,7 @@ class LatencyReport:
     results: list[SettingResult] = field(default_factory=list)
     paper: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     seconds: float = 0.0
+    load_at_start: str = ""
 
 
 def parse_count(label: str) -> int:
@@ -211,7 +213,7 @@ def run(
     cfg: LatencyConfig, out: Path | None = None, command: str = "", log: Callable[[str], None] = print
 ) -> LatencyReport:
     """Measure every setting (variants interleaved within a setting) and write the markdown report to `out`."""
-    t_start = time.perf_counter()
+    t_start, load_at_start = time.perf_counter(), load_average()
     device, dtype = resolve_device(cfg.device), getattr(torch, cfg.dtype)
     report = LatencyReport(cfg=cfg, command=command, device=device, paper=read_paper(cfg.paper_csv))
     log(f"building {cfg.model} (random weights) on {device}, {cfg.dtype}")
@@ -243,7 +245,7 @@ def run(
             r = res.overhead[name]
             log(f"  {name}: {_pct(r.median)} over the base model (of minima {_pct(r.of_minima)})")
         report.results.append(res)
-    report.seconds = time.perf_counter() - t_start
+    report.seconds, report.load_at_start = time.perf_counter() - t_start, load_at_start
     if out is not None:
         write_report(out, render(report))
         log(f"wrote {out}")
@@ -315,6 +317,6 @@ def render(report: LatencyReport) -> str:
         "",
         "## Machine",
         "",
-        *machine_lines(report.device, getattr(torch, cfg.dtype)),
+        *machine_lines(report.device, getattr(torch, cfg.dtype), report.load_at_start),
         "",
     ])  # fmt: skip

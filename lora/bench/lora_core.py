@@ -32,6 +32,7 @@ from lora.bench.timing import (
     Stats,
     gradient_bytes,
     interleaved,
+    load_average,
     machine_lines,
     markdown_table,
     optimizer_state_bytes,
@@ -105,6 +106,7 @@ class CoreReport:
     forward: dict[str, Stats] = field(default_factory=dict)
     ratios: dict[str, Ratio] = field(default_factory=dict)
     seconds: float = 0.0
+    load_at_start: str = ""
 
 
 def make_batch(
@@ -173,7 +175,7 @@ def run(
     cfg: CoreConfig, out: Path | None = None, command: str = "", log: Callable[[str], None] = print
 ) -> CoreReport:
     """Build the variants, measure them interleaved, and write the markdown report to `out` (when given)."""
-    t_start = time.perf_counter()
+    t_start, load_at_start = time.perf_counter(), load_average()
     device, dtype = resolve_device(cfg.device), getattr(torch, cfg.dtype)
     report = CoreReport(cfg=cfg, command=command, device=device)
     log(f"building {cfg.model} (random weights) on {device}, {cfg.dtype}")
@@ -214,7 +216,7 @@ def run(
         "forward latency, merged / base": (report.forward[MERGED], report.forward[BASE]),
     }
     report.ratios = {k: paired_ratio(a, b) for k, (a, b) in pairs.items()}
-    report.seconds = time.perf_counter() - t_start
+    report.seconds, report.load_at_start = time.perf_counter() - t_start, load_at_start
     for name, ratio in report.ratios.items():
         log(f"{name}: {ratio}")
     for name in (PEFT, FULL):
@@ -312,6 +314,6 @@ def render(report: CoreReport) -> str:
         "",
         "## Machine",
         "",
-        *machine_lines(report.device, getattr(torch, cfg.dtype)),
+        *machine_lines(report.device, getattr(torch, cfg.dtype), report.load_at_start),
         "",
     ])  # fmt: skip

@@ -3,7 +3,8 @@
 Interleaving: every repetition ("round") runs each variant once, back to back, in an order rotated by one each
 round, so slow drifts of a shared machine's load hit all variants alike. Ratios between variants are taken per
 round and summarised by their median, which is robust to the rounds a burst of load spoils; the ratio of the
-minima (best rounds) is reported beside it (`paired_ratio`).
+minima (best rounds) is reported beside it (`paired_ratio`). Each call is timed twice: wall clock, and the CPU
+time the process used (see `Stats`).
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ MiB = 2**20
 
 @dataclass(frozen=True)
 class Stats:
-    """Wall-clock samples of one variant, in seconds (one per round, in round order)."""
+    """Samples of one variant, one per round, in round order: `samples` wall-clock seconds, `cpu` the CPU seconds
+    the process used over the same calls (`time.process_time`, all threads).
+
+    With one torch thread on a shared CPU, the CPU time is the compute's own cost, whatever the other jobs do;
+    the wall clock adds the time the process waited for a core. (With several threads it also counts threads
+    spinning at barriers; on CUDA it is only the host's share.)"""
 
     samples: tuple[float, ...]
+    cpu: tuple[float, ...] = ()
 
     @property
     def mean(self) -> float:
@@ -36,7 +43,7 @@ class Stats:
 
     @property
     def std(self) -> float:
-        """Sample standard deviation (0 for a single sample)."""
+        """Sample standard deviation of the wall-clock samples (0 for a single sample)."""
         return statistics.stdev(self.samples) if len(self.samples) > 1 else 0.0
 
     @property
@@ -47,16 +54,21 @@ class Stats:
     def min(self) -> float:
         return min(self.samples)
 
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu) if self.cpu else float("nan")
+
     def ms(self) -> str:
-        """`mean ± std` in milliseconds."""
+        """`mean ± std` of the wall-clock samples in milliseconds."""
         return f"{1e3 * self.mean:.1f} ± {1e3 * self.std:.1f}"
 
 
 @dataclass(frozen=True)
 class Ratio:
-    """num / den. median, low, high: the median and range of the per-round ratios (both variants timed in the
-    same round); of_minima: min(num) / min(den), the ratio of the best rounds. Other jobs on a shared machine only
-    ever add time, so the best round is the closest to the unloaded cost (the reason `timeit` reports minima)."""
+    """num / den of one clock. median, low, high: the median and range of the per-round ratios (both variants
+    timed in the same round); of_minima: min(num) / min(den), the ratio of the best rounds. Other jobs on a shared
+    machine only ever add time, so the best round is the closest to the unloaded cost (why `timeit` reports
+    minima)."""
 
     median: float
     low: float
@@ -96,28 +108,42 @@ def interleaved(
         raise ValueError(f"need reps >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
     names = list(fns)
     samples: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     for i in range(warmup + reps):
         k = i % len(names)
         for name in names[k:] + names[:k]:
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fns[name]()
             sync(device)
             if i >= warmup:
                 samples[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
         if progress is not None:
             tag = f"warm-up {i + 1}/{warmup}" if i < warmup else f"round {i - warmup + 1}/{reps}"
             times = ", ".join(f"{n} {1e3 * samples[n][-1]:.0f} ms" for n in names if i >= warmup)
             progress(f"  {tag}" + (f": {times}" if times else ""))
-    return {n: Stats(tuple(samples[n])) for n in names}
+    return {n: Stats(tuple(samples[n]), tuple(cpu[n])) for n in names}
 
 
-def paired_ratio(num: Stats, den: Stats) -> Ratio:
-    """num / den: the median and range of the per-round ratios, and the ratio of the minima."""
-    if len(num.samples) != len(den.samples) or not num.samples:
-        raise ValueError(f"cannot pair {len(num.samples)} samples with {len(den.samples)}")
-    r = [a / b for a, b in zip(num.samples, den.samples, strict=True)]
-    return Ratio(statistics.median(r), min(r), max(r), num.min / den.min)
+def paired_ratio(num: Stats, den: Stats, clock: str = "wall") -> Ratio:
+    """num / den of the `wall` or `cpu` clock: the median and range of the per-round ratios, and the ratio of the
+    minima."""
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    a, b = (num.samples, den.samples) if clock == "wall" else (num.cpu, den.cpu)
+    if len(a) != len(b) or not a:
+        raise ValueError(f"cannot pair {len(a)} samples with {len(b)}")
+    r = [x / y for x, y in zip(a, b, strict=True)]
+    return Ratio(statistics.median(r), min(r), max(r), min(a) / min(b))
+
+
+def set_threads(threads: int | None) -> None:
+    """Set torch's intra-op threads (None: leave torch's default)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
 
 
 def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
@@ -193,15 +219,17 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def machine_lines(device: torch.device, dtype: torch.dtype) -> list[str]:
-    """Markdown bullet lines describing where and with what a benchmark ran."""
+def machine_lines(device: torch.device, dtype: torch.dtype, load_at_start: str) -> list[str]:
+    """Markdown bullet lines describing where and with what a benchmark ran; `load_at_start`: `load_average()`
+    when the run began (the end's is read here)."""
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return [
         f"- device: {device.type} ({hw}); {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}",
         f"- dtype: {str(dtype).removeprefix('torch.')}",
         f"- python {sys.version.split()[0]}, torch {torch.__version__}, transformers "
         f"{package_version('transformers')}, peft {package_version('peft')}",
-        f"- load average at the end of the run (1/5/15 min): {load_average()} (shared machine)",
+        f"- load average (1/5/15 min, as `uptime` prints it) at the start of the run: {load_at_start}; at its end: "
+        f"{load_average()} (a shared machine: other jobs ran beside this one)",
     ]
 
 

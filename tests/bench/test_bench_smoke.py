@@ -17,6 +17,7 @@ from lora.bench.timing import Stats, interleaved, paired_ratio, peak_bytes
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 QUIET = lambda s: None  # noqa: E731
+VIEW_OPS = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::_unsafe_view"}
 
 
 # --- timing helpers ------------------------------------------------------------------------------------------------
@@ -74,6 +75,28 @@ def test_lora_core_runs_and_writes_its_report(tmp_path: Path) -> None:
     text = out.read_text()
     assert "`python experiments/bench.py lora-core --test`" in text
     assert "| LoRA (peft) | 3,170 |" in text and "## Ratios" in text and "load average" in text
+
+
+@pytest.mark.parametrize("name", ["tiny-roberta", "tiny-gpt2"])
+def test_merged_lora_runs_exactly_the_base_models_ops(name: str) -> None:
+    """Why merged LoRA has the base model's latency (Section 4.1): one forward runs the same aten ops, as many
+    times, on the same shapes (both profiled with torch.profiler). View ops are left out: on GPT-2 our `Conv1D`
+    wrapper flattens its input with `reshape` where transformers' `Conv1D` uses `view`, and on a contiguous
+    input both return a view without copying (no compute)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    kind = "causal_lm" if name == "tiny-gpt2" else "classification"
+    base = lora_core.build_model(name, kind).eval()
+    merged = latency.merged_lora(base, r=4, alpha=8)[0].eval()
+    ids = torch.randint(5, 512, (2, 8), generator=torch.Generator().manual_seed(0))
+
+    def ops(model: torch.nn.Module) -> dict[tuple[str, str], int]:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof, torch.inference_mode():
+            model(input_ids=ids)
+        events = prof.key_averages(group_by_input_shape=True)
+        return {(e.key, repr(e.input_shapes)): e.count for e in events if e.key not in VIEW_OPS}
+
+    assert ops(merged) == ops(base)
 
 
 def test_lora_core_refuses_a_fused_model() -> None:

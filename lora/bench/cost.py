@@ -1,0 +1,284 @@
+"""LoRA's cost curve: how its training step time and memory grow with the rank r and with the model width.
+
+LoRA adds 2 r d parameters per adapted d x d matrix (Hu et al., 2021, Section 4.1), so its trainable memory (the
+parameters, their gradients and the AdamW state: 16 bytes a parameter in fp32) grows linearly in r and d, while
+full fine-tuning's grows with d^2; its extra compute per token, 2 * 2 r d per adapted matrix and pass, is small
+next to the frozen d x d product until r approaches d. One process builds GPT-2 of each width from its config
+(fixed depth, head size 64, random weights) and times, interleaved (`lora.bench.timing.interleaved`): LoRA on q, v
+for every r at the largest width, LoRA with `width_rank` at the other widths, and full fine-tuning at every width.
+The training step and the memory measurement are those of `lora.bench.training`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lora import methods
+from lora.bench.latency import sharing_copy
+from lora.bench.lora_core import Memory
+from lora.bench.timing import (
+    MiB,
+    Ratio,
+    Stats,
+    gradient_bytes,
+    interleaved,
+    load_average,
+    machine_lines,
+    markdown_table,
+    optimizer_state_bytes,
+    paired_ratio,
+    parameter_bytes,
+    peak_bytes,
+    resolve_device,
+    write_report,
+)
+from lora.bench.training import make_inputs, training_step
+from lora.methods.lora import LoRAConfig
+from lora.models import build_model, spec
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """model: a GPT-2 config whose width (`widths`, heads of `head_dim`) and depth (`layers`) are replaced; ranks:
+    the r sweep at the largest width; width_rank: r at the other widths; batch x seq: random tokens per step."""
+
+    model: str = "gpt2-medium"
+    layers: int = 2
+    widths: tuple[int, ...] = (256, 512, 1024)
+    ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    width_rank: int = 4
+    head_dim: int = 64
+    batch: int = 2
+    seq: int = 64
+    reps: int = 3
+    lr: float = 1e-4
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if spec(self.model).family != "gpt2":
+            raise ValueError(f"the cost curve varies GPT-2's width; {self.model!r} is not a GPT-2 model")
+        bad = [w for w in self.widths if w < self.head_dim or w % self.head_dim]
+        if not self.widths or bad:
+            raise ValueError(f"widths must be multiples of head_dim={self.head_dim}, got {list(self.widths)}")
+        if not self.ranks or min(self.ranks) < 1 or self.width_rank < 1:
+            raise ValueError(f"ranks must be positive integers, got {list(self.ranks)} and {self.width_rank}")
+        for name in ("layers", "batch", "seq", "reps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def width(self) -> int:
+        """The width of the r sweep: the largest."""
+        return max(self.widths)
+
+
+FULL = CostConfig(layers=24, widths=(256, 512, 1024, 2048), batch=8, seq=512, reps=10)
+QUICK = CostConfig(layers=1, widths=(64, 128), ranks=(1, 8), width_rank=2, batch=1, seq=8, reps=1)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One variant: `r` None for full fine-tuning."""
+
+    width: int
+    r: int | None
+
+    @property
+    def name(self) -> str:
+        return f"d={self.width} " + ("full FT" if self.r is None else f"LoRA r={self.r}")
+
+
+@dataclass
+class CostReport:
+    cfg: CostConfig
+    command: str
+    device: torch.device
+    trainable: dict[Point, int] = field(default_factory=dict)
+    memory: dict[Point, Memory] = field(default_factory=dict)
+    step: dict[Point, Stats] = field(default_factory=dict)
+    vs_full: dict[Point, Ratio] = field(default_factory=dict)
+    seconds: float = 0.0
+    load_at_start: str = ""
+
+    def trainable_bytes(self, p: Point) -> int:
+        """Bytes of the trainable parameters, their gradients and their AdamW state (exact, from the tensors)."""
+        m = self.memory[p]
+        return 2 * m.grads + m.optimizer
+
+
+def points(cfg: CostConfig) -> list[Point]:
+    """The r sweep (with `width_rank`) and full FT at the largest width, then both at every other width."""
+    out = [Point(cfg.width, r) for r in sorted({*cfg.ranks, cfg.width_rank})] + [Point(cfg.width, None)]
+    for w in sorted(set(cfg.widths) - {cfg.width}):
+        out += [Point(w, cfg.width_rank), Point(w, None)]
+    return out
+
+
+def build_base(cfg: CostConfig, width: int, device: torch.device) -> nn.Module:
+    overrides = {"hidden_size": width, "num_attention_heads": width // cfg.head_dim, "num_hidden_layers": cfg.layers}
+    model = build_model(cfg.model, "causal_lm", pretrained=False, device=device, overrides=overrides)
+    return model.to(getattr(torch, cfg.dtype))
+
+
+def with_method(base: nn.Module, r: int | None) -> tuple[nn.Module, list[tuple[nn.Parameter, bool]]]:
+    """A weight-sharing copy of `base` with LoRA r on q, v (None: full fine-tuning), and its requires_grad flags."""
+    model = sharing_copy(base)
+    if r is None:
+        methods.apply(model, "full", methods.method_config("full"))
+    else:
+        methods.apply(model, "lora", LoRAConfig(r=r, alpha=float(r), targets=["q", "v"]))
+    return model.train(), [(p, p.requires_grad) for p in model.parameters()]
+
+
+def run(
+    cfg: CostConfig,
+    out: Path | None = None,
+    command: str = "",
+    log: Callable[[str], None] = print,
+    figure: Path | None = None,
+) -> CostReport:
+    """Build every variant, measure its memory, time all of them interleaved; write the report and the figure."""
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    report = CostReport(cfg, command, device, load_at_start=load_average())
+    bases = {w: build_base(cfg, w, device) for w in cfg.widths}
+    inputs = {w: make_inputs(bases[w], cfg.batch, cfg.seq, device) for w in cfg.widths}
+    steps: dict[Point, Callable[[], None]] = {}
+    for p in points(cfg):
+        model, flags = with_method(bases[p.width], p.r)
+        params = [q for q, trainable in flags if trainable]
+        opt = torch.optim.AdamW(params, lr=cfg.lr)
+        steps[p] = training_step(model, opt, inputs[p.width], flags)
+        steps[p]()  # warm-up: creates the AdamW state
+        extra = peak_bytes(steps[p], device)
+        report.trainable[p] = sum(q.numel() for q in params)
+        report.memory[p] = Memory(parameter_bytes(model), gradient_bytes(model), optimizer_state_bytes(opt), extra)
+        log(
+            f"{p.name}: {report.trainable[p]:,} trainable, p+g+AdamW of those "
+            f"{report.trainable_bytes(p) / MiB:,.2f} MiB, measured peak {report.memory[p].peak / MiB:,.0f} MiB"
+        )
+    log(f"timing {len(steps)} variants, {cfg.reps} interleaved rounds")
+    named = interleaved({p.name: s for p, s in steps.items()}, cfg.reps, device, warmup=0, progress=log)
+    report.step = {p: named[p.name] for p in steps}
+    report.vs_full = {p: paired_ratio(report.step[p], report.step[Point(p.width, None)]) for p in steps}
+    report.seconds = time.perf_counter() - t_start
+    if figure is not None:
+        plot(report, figure)
+        log(f"wrote {figure}")
+    if out is not None:
+        write_report(out, render(report, figure))
+        log(f"wrote {out}")
+    return report
+
+
+def plot(report: CostReport, path: Path) -> Path:
+    """Three panels: step time vs r, trainable memory vs r (both at the largest width, full FT dashed), and step
+    time vs width for LoRA and full FT."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = report.cfg
+    ranks = sorted(p.r for p in report.step if p.width == cfg.width and p.r is not None)
+    lora = [Point(cfg.width, r) for r in ranks]
+    full = Point(cfg.width, None)
+    ms = lambda p: 1e3 * report.step[p].median  # noqa: E731
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
+    lo = [ms(p) - 1e3 * report.step[p].min for p in lora]
+    hi = [1e3 * max(report.step[p].samples) - ms(p) for p in lora]
+    a.errorbar(ranks, [ms(p) for p in lora], yerr=[lo, hi], marker="o", capsize=3, label="LoRA (median, min-max)")
+    a.axhline(ms(full), color="C3", ls="--", label="full FT (median)")
+    a.set(xscale="log", xlabel="rank r", ylabel="step ms", title=f"step time vs r (d={cfg.width})")
+    a.set_xticks(ranks, [str(r) for r in ranks])
+    a.set_ylim(bottom=0)
+    a.legend(fontsize=8)
+    b.plot(ranks, [report.trainable_bytes(p) / MiB for p in lora], marker="o", label="LoRA: p+g+AdamW (exact)")
+    b.plot(ranks, [report.memory[p].peak / MiB for p in lora], marker="s", label="LoRA: measured step peak")
+    b.axhline(report.trainable_bytes(full) / MiB, color="C3", ls="--", label="full FT: p+g+AdamW (exact)")
+    b.axhline(report.memory[full].peak / MiB, color="C3", ls=":", label="full FT: measured step peak")
+    b.set(xscale="log", yscale="log", xlabel="rank r", ylabel="MiB", title=f"memory vs r (d={cfg.width})")
+    b.set_xticks(ranks, [str(r) for r in ranks])
+    b.legend(fontsize=8)
+    widths = sorted(cfg.widths)
+    for r, label, color in ((cfg.width_rank, f"LoRA r={cfg.width_rank}", "C0"), (None, "full FT", "C3")):
+        c.plot(widths, [ms(Point(w, r)) for w in widths], marker="o", color=color, label=label)
+    for w in widths:
+        ratio = report.vs_full[Point(w, cfg.width_rank)].median
+        c.annotate(f"x{ratio:.2f}", (w, ms(Point(w, cfg.width_rank))), textcoords="offset points", xytext=(0, -14),
+                   ha="center", fontsize=8)  # fmt: skip
+    c.set(xscale="log", yscale="log", xlabel="width d", ylabel="step ms",
+          title=f"step time vs width ({cfg.layers} layers; LoRA / full FT)")  # fmt: skip
+    c.set_xticks(widths, [str(w) for w in widths])
+    c.legend(fontsize=8)
+    fig.suptitle(
+        f"LoRA cost curve: GPT-2 ({cfg.layers} layers, LM head), batch {cfg.batch} x seq {cfg.seq}, "
+        f"{cfg.dtype}, {report.device.type}"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _row(report: CostReport, p: Point) -> list[str]:
+    s, r, m = report.step[p], report.vs_full[p], report.memory[p]
+    full = Point(p.width, None)
+    return [
+        str(p.width), "full FT" if p.r is None else str(p.r), f"{report.trainable[p]:,}",
+        f"{report.trainable_bytes(p) / MiB:,.2f}", f"{report.trainable_bytes(p) / report.trainable_bytes(full):.4f}",
+        f"{m.peak / MiB:,.0f}", f"{m.peak / report.memory[full].peak:.3f}", f"{1e3 * s.median:,.0f}",
+        f"{1e3 * s.min:,.0f}", f"{r.median:.3f} ({r.low:.2f}-{r.high:.2f})", f"{r.of_minima:.3f}",
+    ]  # fmt: skip
+
+
+HEADER = [
+    "width d", "r", "trainable params", "trainable p+g+AdamW MiB", "/ full", "measured peak MiB", "/ full",
+    "step ms (median)", "step ms (min)", "time / full (median, range)", "time / full (minima)",
+]  # fmt: skip
+
+
+def render(report: CostReport, figure: Path | None = None) -> str:
+    """The markdown report: setup, the r sweep, the width sweep, machine."""
+    cfg = report.cfg
+    by_r = sorted((p for p in report.step if p.width == cfg.width), key=lambda p: (p.r is None, p.r or 0))
+    by_w = sorted((p for p in report.step if p.r in (None, cfg.width_rank)), key=lambda p: (p.width, p.r is None))
+    return "\n".join([
+        "# LoRA cost curve: step time and memory vs rank r and model width",
+        "",
+        f"Made by: `{report.command}` (total {report.seconds:.0f} s).",
+        "",
+        f"- model: GPT-2 ({cfg.model}'s config) with {cfg.layers} layers, width d in {list(cfg.widths)} (heads of "
+        f"{cfg.head_dim}), its 50,257-token LM head (tied to the embedding), random weights, {cfg.dtype}; causal LM "
+        f"loss on batch {cfg.batch} x sequence {cfg.seq} random tokens",
+        f"- LoRA on q and v (the slices of `c_attn`) in every layer, alpha = r; r in {list(cfg.ranks)} at d = "
+        f"{cfg.width}, r = {cfg.width_rank} at every width; full FT at every width. Every variant of a width "
+        "shares its frozen weights",
+        "- step, memory and protocol as in `results/bench/training.md`: a warm-up step (creates the AdamW state), "
+        f"a memory-measured step, then {cfg.reps} interleaved timed rounds over all {len(report.step)} variants. "
+        "*trainable p+g+AdamW*: exact bytes of the trainable parameters, their gradients and AdamW state; "
+        "*measured peak*: all parameters + AdamW state + the measured peak of one step's allocations "
+        + ("(`torch.cuda.max_memory_allocated`)" if report.device.type == "cuda" else "(torch profiler, CPU)")
+        + ". *time / full*: against full FT of the same width",
+        "",
+        f"## Rank sweep (d = {cfg.width})",
+        "",
+        markdown_table(HEADER, [_row(report, p) for p in by_r]),
+        "",
+        f"## Width sweep (LoRA r = {cfg.width_rank} vs full FT)",
+        "",
+        markdown_table(HEADER, [_row(report, p) for p in by_w]),
+        "",
+        *([f"![cost curve]({figure.name})", ""] if figure is not None else []),
+        "## Machine",
+        "",
+        *machine_lines(report.device, getattr(torch, cfg.dtype), report.load_at_start),
+        "",
+    ])  # fmt: skip

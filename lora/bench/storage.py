@@ -1,0 +1,243 @@
+"""Checkpoint storage: an adapter-only checkpoint against the full model, for every method and model.
+
+Hu et al. (2021), Section 4.2: with r = 4 on W_q and W_v, a GPT-3 175B LoRA checkpoint is about 10,000x smaller than
+the model (350 GB -> 35 MB), so one deployed model can switch between many tasks. Here every method of Section 5.1,
+configured as the paper ran it on each model (`lora.bench.training.configure`), is applied to the model built on the
+`meta` device (shapes only, no memory), and the size of the safetensors file `lora.checkpoint.save_adapter` would
+write is computed exactly from shapes and dtypes (`lora.params.count_parameters(...).adapter_bytes`). For the models
+in `verify` the adapters are really written (random weights, CPU) and the file sizes compared with the computed ones.
+The GPT-3 row is computed from the paper's shapes, not measured.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lora import methods
+from lora.bench.latency import sharing_copy
+from lora.bench.timing import load_average, machine_lines, markdown_table, write_report
+from lora.bench.training import ALL_METHODS, config_label, configure, model_kind
+from lora.checkpoint import WEIGHTS, save_adapter
+from lora.models import build_model, head_parameter_names, spec
+from lora.params import count_parameters
+
+STORAGE_MODELS = ("roberta-base", "roberta-large", "deberta-v2-xxlarge", "gpt2-medium", "gpt2-large")
+FP32 = 4
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """models x methods to count; verify: models whose adapters are written for real (not `full`: its checkpoint
+    is the model itself) to check the computed sizes byte for byte."""
+
+    models: tuple[str, ...] = STORAGE_MODELS
+    methods: tuple[str, ...] = ALL_METHODS
+    verify: tuple[str, ...] = ("roberta-base",)
+
+    def __post_init__(self) -> None:
+        for m in (*self.models, *self.verify):
+            spec(m)
+        for m in self.methods:
+            methods.method_config(m)
+        if not set(self.verify) <= set(self.models):
+            raise ValueError(f"verify {self.verify} must be among models {self.models}")
+
+
+@dataclass(frozen=True)
+class StorageRow:
+    """trainable: the method's parameters (paper convention: no task head); checkpoint_bytes: the adapter file with
+    the task head (what `save_adapter(head=True)` writes), method_bytes: without it; full_bytes: every parameter of
+    the unadapted model in fp32; written: the size of the file really written (None: not verified)."""
+
+    model: str
+    method: str
+    config: str
+    trainable: int
+    checkpoint_bytes: int
+    method_bytes: int
+    full_bytes: int
+    written: int | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.full_bytes / self.checkpoint_bytes
+
+    @property
+    def method_ratio(self) -> float:
+        return self.full_bytes / self.method_bytes
+
+
+@dataclass(frozen=True)
+class Gpt3LoRA:
+    """LoRA on GPT-3 175B as Section 4.2 counts it: r on W_q and W_v (d x d each) in all L layers, 2 bytes a
+    parameter (fp16: the paper's 350 GB for 175B parameters)."""
+
+    d: int = 12288
+    layers: int = 96
+    r: int = 4
+    matrices: int = 2
+    total_params: float = 175e9
+    bytes_per_param: int = 2
+
+    @property
+    def params(self) -> int:
+        """|Theta| = L * matrices * r * (d_in + d_out)."""
+        return self.layers * self.matrices * self.r * (self.d + self.d)
+
+    @property
+    def bytes(self) -> int:
+        return self.params * self.bytes_per_param
+
+    @property
+    def full_bytes(self) -> float:
+        return self.total_params * self.bytes_per_param
+
+    @property
+    def ratio(self) -> float:
+        return self.full_bytes / self.bytes
+
+    def formula(self) -> str:
+        return (
+            f"|Theta| = L x {self.matrices} matrices x r x (d + d) = {self.layers} x {self.matrices} x {self.r} x "
+            f"({self.d} + {self.d}) = {self.params:,} parameters; x {self.bytes_per_param} bytes (fp16) = "
+            f"{self.bytes:,} bytes ({self.bytes / 1e6:.1f} MB); full model {self.total_params:.3g} x "
+            f"{self.bytes_per_param} bytes = {self.full_bytes / 1e9:,.0f} GB; ratio {self.ratio:,.0f}x"
+        )
+
+
+@dataclass
+class StorageReport:
+    cfg: StorageConfig
+    command: str
+    rows: list[StorageRow] = field(default_factory=list)
+    skipped: dict[tuple[str, str], str] = field(default_factory=dict)
+    seconds: float = 0.0
+    load_at_start: str = ""
+
+
+def written_size(model: torch.nn.Module, name: str, method: str) -> int:
+    """Apply `method` as configured for model `name` to a weight-sharing copy of `model` (real tensors), write
+    the adapter with `save_adapter` into a temporary directory, and return the file's size in bytes."""
+    copy = sharing_copy(model)
+    cfg = configure(name, method)
+    report = methods.apply(copy, method, cfg, head=head_parameter_names(copy))
+    with tempfile.TemporaryDirectory() as tmp:
+        save_adapter(copy, tmp, method, cfg, report, head=True)
+        return (Path(tmp) / WEIGHTS).stat().st_size
+
+
+def count_model(
+    name: str, cfg: StorageConfig, skipped: dict[tuple[str, str], str], log: Callable[[str], None]
+) -> list[StorageRow]:
+    """One row per method that applies to model `name` (counted on the meta device; verified when asked)."""
+    kind = model_kind(name)
+    base = build_model(name, kind, pretrained=False, device="meta")
+    full_bytes = FP32 * sum(p.numel() for p in base.parameters())
+    real = None
+    if name in cfg.verify:
+        log(f"{name}: building on cpu (random weights) to write the adapters")
+        real = build_model(name, kind, pretrained=False, device="cpu")
+    rows = []
+    for method in cfg.methods:
+        model = sharing_copy(base)
+        try:
+            report = methods.apply(model, method, configure(name, method), head=head_parameter_names(model))
+        except ValueError as e:  # e.g. prefix_layer on an encoder
+            skipped[name, method] = str(e)
+            continue
+        count = count_parameters(model)
+        method_only = count_parameters(model, saved=list(report.trainable))
+        written = written_size(real, name, method) if real is not None and method != "full" else None
+        rows.append(StorageRow(
+            name, method, config_label(configure(name, method)), count.trainable, count.adapter_bytes,
+            method_only.adapter_bytes, full_bytes, written,
+        ))  # fmt: skip
+        check = "" if written is None else f" (file written: {written:,} bytes)"
+        log(f"{name} {method}: {count.adapter_bytes:,} bytes, full/adapter {rows[-1].ratio:,.0f}x{check}")
+    return rows
+
+
+def run(
+    cfg: StorageConfig, out: Path | None = None, command: str = "", log: Callable[[str], None] = print
+) -> StorageReport:
+    """Count every model x method and write the markdown report to `out`."""
+    t0 = time.perf_counter()
+    report = StorageReport(cfg, command, load_at_start=load_average())
+    for name in cfg.models:
+        report.rows += count_model(name, cfg, report.skipped, log)
+    mismatched = [r for r in report.rows if r.written is not None and r.written != r.checkpoint_bytes]
+    if mismatched:
+        r = mismatched[0]
+        raise RuntimeError(f"{r.model} {r.method}: computed {r.checkpoint_bytes:,} bytes, wrote {r.written:,}")
+    report.seconds = time.perf_counter() - t0
+    if out is not None:
+        write_report(out, render(report))
+        log(f"wrote {out}")
+    return report
+
+
+def human(n: float) -> str:
+    """Bytes in binary units: 1536 -> 1.5 KiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def render(report: StorageReport) -> str:
+    """The markdown report: claim, method, one table of every model x method, the GPT-3 line, machine."""
+    rows = [
+        [r.model, r.method, r.config, f"{r.trainable:,}", f"{r.checkpoint_bytes:,}", human(r.checkpoint_bytes),
+         human(r.method_bytes), human(r.full_bytes), f"{r.ratio:,.1f}x", f"{r.method_ratio:,.1f}x",
+         "" if r.written is None else ("yes" if r.written == r.checkpoint_bytes else f"NO: {r.written:,}")]
+        for r in report.rows
+    ]  # fmt: skip
+    skipped = [f"- {model} {method}: not applicable ({why})" for (model, method), why in report.skipped.items()]
+    gpt3 = Gpt3LoRA()
+    verified = ", ".join(report.cfg.verify) or "none"
+    return "\n".join([
+        "# Checkpoint size: adapter-only checkpoints vs the full model",
+        "",
+        f"Made by: `{report.command}` (total {report.seconds:.0f} s).",
+        "",
+        "Paper (Hu et al., 2021, Section 4.2): on GPT-3 175B, LoRA with r = 4 on W_q and W_v shrinks the "
+        "checkpoint about 10,000x, from 350 GB to 35 MB.",
+        "",
+        "- every method configured as the paper ran it on that model (*config*; "
+        "`lora.bench.training.PAPER_OPTIONS`, else the method's defaults); encoders with a 2-label "
+        "classification head, GPT-2 as a causal LM (no task head)",
+        "- *adapter checkpoint*: the exact size of the safetensors file `lora.checkpoint.save_adapter(head=True)` "
+        "writes (the method's parameters + the task head + header), computed from shapes "
+        "(`count_parameters(...).adapter_bytes`, on the `meta` device); *method only*: the same without the task "
+        "head; *full model*: 4 bytes (fp32) x every parameter of the unadapted model. `full` and `ft_top2` store "
+        "what they train, so their checkpoint is (a large part of) the model. *trainable*: the paper's count "
+        "(no task head)",
+        f"- *file written*: for {verified}, each adapter was also written with `save_adapter` (random weights) "
+        "and its file size compared with the computed one (`full` is not written: it is the model)",
+        "",
+        markdown_table(
+            ["model", "method", "config", "trainable", "adapter checkpoint bytes", "adapter checkpoint",
+             "method only", "full model (fp32)", "full / checkpoint", "full / method only", "file written = computed"],
+            rows,
+        ),  # fmt: skip
+        "",
+        *skipped,
+        "",
+        "## GPT-3 175B (computed from the paper's shapes, not measured)",
+        "",
+        f"LoRA r = {gpt3.r} on W_q and W_v, d_model = {gpt3.d}, L = {gpt3.layers}: {gpt3.formula()}. The paper "
+        "rounds this to 35 MB and 10,000x. In fp32, as the table above counts, both sides double and the ratio "
+        "is the same.",
+        "",
+        "## Machine",
+        "",
+        *machine_lines(torch.device("cpu"), torch.float32, report.load_at_start),
+        "",
+    ])  # fmt: skip
