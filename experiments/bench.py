@@ -30,10 +30,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bench", choices=["lora-core", "latency", *MORE])
     p.add_argument("--quick", action="store_true", help="small shapes, 2 repetitions, report under outputs/")
-    p.add_argument("--full", action="store_true", help="latency, figure5, cost: the paper's settings (for a GPU)")
-    p.add_argument("--gpu-full", action="store_true", help="training: paper-like shapes, 5 models, bf16 on cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for training, storage, figure5 "
-                   "and cost (default 1: on a shared 2-core machine a second thread mostly waits for the first)")
+    p.add_argument(
+        "--full", action="store_true", help="latency, figure5, cost: the paper's settings (for a GPU)"
+    )
+    p.add_argument(
+        "--gpu-full", action="store_true", help="training: paper-like shapes, 5 models, bf16 on cuda"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default 1: on a shared CPU a second thread mostly waits)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     p.add_argument("--dtype", default=None, help="float32 (default on cpu) or bfloat16 (default on cuda)")
     p.add_argument("--reps", type=int, default=None, help="timed rounds (default: the benchmark's own)")
@@ -60,7 +68,8 @@ def main(argv: list[str]) -> None:
     dtype = args.dtype or ("bfloat16" if resolve_device(args.device).type == "cuda" else "float32")
     if args.bench == "lora-core":
         base = lora_core.QUICK if args.quick else lora_core.CoreConfig()
-        cfg = replace(base, device=args.device, dtype=dtype, reps=args.reps or base.reps)
+        reps = args.reps or base.reps
+        cfg = replace(base, device=args.device, dtype=dtype, reps=reps, threads=args.threads or 1)
         out = args.out or ROOT / (
             "outputs/bench/lora_core_quick.md" if args.quick else "results/bench/lora_core.md"
         )
@@ -69,11 +78,12 @@ def main(argv: list[str]) -> None:
     mode = "full" if args.full else "quick" if args.quick else "cpu"
     settings, scaling = latency.settings_for(mode)
     reps = args.reps or (2 if args.quick else latency.LatencyConfig.reps)
-    cfg = latency.LatencyConfig(settings, scaling, device=args.device, dtype=dtype, reps=reps)
+    cfg = latency.LatencyConfig(
+        settings, scaling, device=args.device, dtype=dtype, reps=reps, threads=args.threads or 1
+    )
     default = {"full": "results/latency/table1_full.md", "quick": "outputs/latency/table1_quick.md"}
     out = args.out or ROOT / default.get(mode, "results/latency/table1.md")
     latency.run(cfg, out, command, log=lambda s: print(s, flush=True))
-
 
 
 # --- training, storage, figure5, cost (lora/bench/{training,storage,figure5,cost}.py) ------------------------------
@@ -112,7 +122,11 @@ def run_training(args: argparse.Namespace, command: str) -> None:
 
 def run_storage(args: argparse.Namespace, command: str) -> None:
     _setup(args, "cpu")
-    cfg = storage.StorageConfig(models=("roberta-base", "gpt2-medium")) if args.quick else storage.StorageConfig()
+    cfg = (
+        storage.StorageConfig(models=("roberta-base", "gpt2-medium"))
+        if args.quick
+        else storage.StorageConfig()
+    )
     storage.run(cfg, _out(args, "storage"), command, log=_log)
 
 

@@ -99,6 +99,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     cls_dropout: float | None = None
     bf16: bool = False
+    group_by_length: bool = False  # batch examples of similar length (less padding, same examples per epoch)
     logging_steps: int = 50
     progress: bool = True
 

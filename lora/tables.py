@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lora.records import FAILED, IGNORED_KEYS, RecordWarning, RunRecord, config_hash, load_records
+from lora.records import PRIMARY_METRIC, FAILED, IGNORED_KEYS, RecordWarning, RunRecord, config_hash, load_records
 
 MISSING = "–"
 SYMBOLS = ("*", "†")  # the paper's marks: numbers from prior work, Houlsby-style setup
@@ -134,8 +134,29 @@ def _dedupe(records: list[RunRecord]) -> list[RunRecord]:
 # --------------------------------------------------------------------------------------------------- building
 
 
+# Ablation tables run on any task by override (`make ablation-rank TASK=sst2`): tasks of their records that the
+# paper did not use get a column of their own, with no paper value.
+OPEN_TASKS: frozenset[str] = frozenset({"table5", "table6"})
+
+
+def with_record_tasks(paper: pd.DataFrame, records: list[RunRecord]) -> pd.DataFrame:
+    """`paper` plus, per row, one cell (paper value NaN) for each task its experiment's records ran on."""
+    extra = []
+    for _, prow in paper.groupby("row", sort=True):
+        first = prow.iloc[0]
+        seen = set(prow["task"])
+        for task in sorted({r.task for r in records if r.experiment == first["experiment"]} - seen):
+            if task in PRIMARY_METRIC:
+                extra.append({**first.to_dict(), "task": task, "metric": PRIMARY_METRIC[task],
+                              "column": f"{task} (ours only)", "value": float("nan"), "spread": float("nan"),
+                              "scale": 100, "decimals": 1, "note": ""})  # fmt: skip
+    return pd.concat([paper, pd.DataFrame(extra)], ignore_index=True) if extra else paper
+
+
 def build(spec: Spec, paper: pd.DataFrame, records: list[RunRecord]) -> Built:
     """Tidy cells of one table: one row per (paper row, our (model, r) variant, paper column)."""
+    if spec.name in OPEN_TASKS:
+        paper = with_record_tasks(paper, records)
     out: list[dict[str, Any]] = []
     used: dict[str, RunRecord] = {}
     left: dict[str, RunRecord] = {}
@@ -217,6 +238,7 @@ def wide(cells: pd.DataFrame) -> pd.DataFrame:
         line = {
             "Model": c0["paper_model"],
             "Method": c0["method"] + (c0["note"] if c0["note"] in SYMBOLS else ""),
+            "Experiment": c0["experiment"],
             "Params": c0["params_label"],
             "Ours: model": MISSING if pd.isna(c0["model"]) else c0["model"],
             "Ours: params": c0["params"],

@@ -5,8 +5,10 @@ every epoch) -> one JSON record with every epoch, the best epoch (the paper repo
 Appendix D), parameter counts, peak memory and time.
 
 At scale and under failure:
-- The Trainer is used as is, so `torchrun` / `accelerate launch` (DDP) work unchanged. Only the main process writes
-  (record, adapter, predictions, metrics.csv, resume checkpoint); it tokenises first, the others then read its cache.
+- The Trainer is used as is, so `torchrun` / `accelerate launch` (DDP) work unchanged, and so do the tasks of one
+  submitit job (hydra/launcher=slurm, tasks_per_node=N). `train.batch_size` is per process; a run on N > 1
+  processes has `world_size: N` in its recorded config. Only the main process writes (record, adapter,
+  predictions, metrics.csv, resume checkpoint); it tokenises first, the others then read its cache.
 - A bad input (data, init adapter, method for this architecture) fails before any record is written. Once training
   starts the record is rewritten after every epoch; a loss that becomes NaN/inf ends the run as `diverged`, an
   out-of-memory error as `oom` (both with the reason; `execute` returns, so a sweep goes on), any other error as
@@ -310,6 +312,7 @@ def training_args(cfg: Config, out_dir: Path, device: torch.device) -> TrainingA
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=t.bf16,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         use_cpu=device.type == "cpu",
         disable_tqdm=not t.progress,
         dataloader_num_workers=0,

@@ -122,7 +122,11 @@ def points(cfg: CostConfig) -> list[Point]:
 
 
 def build_base(cfg: CostConfig, width: int, device: torch.device) -> nn.Module:
-    overrides = {"hidden_size": width, "num_attention_heads": width // cfg.head_dim, "num_hidden_layers": cfg.layers}
+    overrides = {
+        "hidden_size": width,
+        "num_attention_heads": width // cfg.head_dim,
+        "num_hidden_layers": cfg.layers,
+    }
     model = build_model(cfg.model, "causal_lm", pretrained=False, device=device, overrides=overrides)
     return model.to(getattr(torch, cfg.dtype))
 
@@ -159,7 +163,9 @@ def run(
         steps[p]()  # warm-up: creates the AdamW state
         extra = peak_bytes(steps[p], device)
         report.trainable[p] = sum(q.numel() for q in params)
-        report.memory[p] = Memory(parameter_bytes(model), gradient_bytes(model), optimizer_state_bytes(opt), extra)
+        report.memory[p] = Memory(
+            parameter_bytes(model), gradient_bytes(model), optimizer_state_bytes(opt), extra
+        )
         log(
             f"{p.name}: {report.trainable[p]:,} trainable, p+g+AdamW of those "
             f"{report.trainable_bytes(p) / MiB:,.2f} MiB, measured peak {report.memory[p].peak / MiB:,.0f} MiB"
@@ -182,6 +188,7 @@ def plot(report: CostReport, path: Path) -> Path:
     """Three panels: step time vs r, trainable memory vs r (both at the largest width, full FT dashed), and step
     time vs width for LoRA and full FT."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -194,13 +201,17 @@ def plot(report: CostReport, path: Path) -> Path:
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
     lo = [ms(p) - 1e3 * report.step[p].min for p in lora]
     hi = [1e3 * max(report.step[p].samples) - ms(p) for p in lora]
-    a.errorbar(ranks, [ms(p) for p in lora], yerr=[lo, hi], marker="o", capsize=3, label="LoRA (median, min-max)")
+    a.errorbar(
+        ranks, [ms(p) for p in lora], yerr=[lo, hi], marker="o", capsize=3, label="LoRA (median, min-max)"
+    )
     a.axhline(ms(full), color="C3", ls="--", label="full FT (median)")
     a.set(xscale="log", xlabel="rank r", ylabel="step ms", title=f"step time vs r (d={cfg.width})")
     a.set_xticks(ranks, [str(r) for r in ranks])
-    a.set_ylim(bottom=0)
+    a.set_ylim(0, 1.1 * max(ms(full), *(ms(p) + h for p, h in zip(lora, hi, strict=True))))
     a.legend(fontsize=8)
-    b.plot(ranks, [report.trainable_bytes(p) / MiB for p in lora], marker="o", label="LoRA: p+g+AdamW (exact)")
+    b.plot(
+        ranks, [report.trainable_bytes(p) / MiB for p in lora], marker="o", label="LoRA: p+g+AdamW (exact)"
+    )
     b.plot(ranks, [report.memory[p].peak / MiB for p in lora], marker="s", label="LoRA: measured step peak")
     b.axhline(report.trainable_bytes(full) / MiB, color="C3", ls="--", label="full FT: p+g+AdamW (exact)")
     b.axhline(report.memory[full].peak / MiB, color="C3", ls=":", label="full FT: measured step peak")
@@ -212,11 +223,13 @@ def plot(report: CostReport, path: Path) -> Path:
         c.plot(widths, [ms(Point(w, r)) for w in widths], marker="o", color=color, label=label)
     for w in widths:
         ratio = report.vs_full[Point(w, cfg.width_rank)].median
-        c.annotate(f"x{ratio:.2f}", (w, ms(Point(w, cfg.width_rank))), textcoords="offset points", xytext=(0, -14),
-                   ha="center", fontsize=8)  # fmt: skip
-    c.set(xscale="log", yscale="log", xlabel="width d", ylabel="step ms",
-          title=f"step time vs width ({cfg.layers} layers; LoRA / full FT)")  # fmt: skip
+        c.annotate(f"LoRA / full x{ratio:.2f}", (w, ms(Point(w, cfg.width_rank))), textcoords="offset points",
+                   xytext=(0, 8), ha="center", fontsize=8)  # fmt: skip
+    c.set(xscale="log", xlabel="width d", ylabel="step ms", title=f"step time vs width ({cfg.layers} layers)")
     c.set_xticks(widths, [str(w) for w in widths])
+    c.set_ylim(bottom=0)
+    for ax in (a, b, c):
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     c.legend(fontsize=8)
     fig.suptitle(
         f"LoRA cost curve: GPT-2 ({cfg.layers} layers, LM head), batch {cfg.batch} x seq {cfg.seq}, "
@@ -249,7 +262,9 @@ def render(report: CostReport, figure: Path | None = None) -> str:
     """The markdown report: setup, the r sweep, the width sweep, machine."""
     cfg = report.cfg
     by_r = sorted((p for p in report.step if p.width == cfg.width), key=lambda p: (p.r is None, p.r or 0))
-    by_w = sorted((p for p in report.step if p.r in (None, cfg.width_rank)), key=lambda p: (p.width, p.r is None))
+    by_w = sorted(
+        (p for p in report.step if p.r in (None, cfg.width_rank)), key=lambda p: (p.width, p.r is None)
+    )
     return "\n".join([
         "# LoRA cost curve: step time and memory vs rank r and model width",
         "",

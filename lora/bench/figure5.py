@@ -141,7 +141,9 @@ def run(
     for seq in cfg.seqs:
         for batch in cfg.batches:
             ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0)).to(device)
-            log(f"batch {batch} x seq {seq}: {len(models)} variants, {cfg.warmup} warm-up + {cfg.reps} rounds")
+            log(
+                f"batch {batch} x seq {seq}: {len(models)} variants, {cfg.warmup} warm-up + {cfg.reps} rounds"
+            )
             fns = {name: forward_pass(model, ids) for name, model in models.items()}
             cell = Cell(batch, seq, interleaved(fns, cfg.reps, device, warmup=cfg.warmup))
             cell.overhead = {n: paired_ratio(s, cell.stats[BASE]) for n, s in cell.stats.items() if n != BASE}
@@ -176,7 +178,10 @@ def plot(report: Figure5Report, path: Path) -> Path:
     cfg = report.cfg
     rows = [(label, [variant_name(label, m) for m in cfg.bottlenecks], list(cfg.bottlenecks))
             for label in ADAPTER_METHODS] + [(LORA, [LORA], [f"r={cfg.r}"])]  # fmt: skip
-    values = [[[[report.pct(n, b, s) for b in cfg.batches] for n in names] for s in cfg.seqs] for _, names, _ in rows]
+    values = [
+        [[[report.pct(n, b, s) for b in cfg.batches] for n in names] for s in cfg.seqs]
+        for _, names, _ in rows
+    ]
     vmax = max(1.0, max(abs(v) for grid in values for panel in grid for row in panel for v in row))
     heights = [len(names) + 0.6 for _, names, _ in rows]
     fig, axes = plt.subplots(
@@ -225,7 +230,11 @@ def render(report: Figure5Report, figure: Path | None = None) -> str:
         if lora
         else "no cells"
     )
-    full_grid = (cfg.batches, cfg.seqs, cfg.bottlenecks) == ((1, 2, 4, 8, 16, 32), (128, 256, 512), (10, 100, 250))
+    full_grid = (cfg.batches, cfg.seqs, cfg.bottlenecks) == (
+        (1, 2, 4, 8, 16, 32),
+        (128, 256, 512),
+        (10, 100, 250),
+    )
     paper_model = cfg.layers is None and cfg.lm_head and cfg.model == "gpt2-medium"
     reduced = []
     if not full_grid:
@@ -240,8 +249,12 @@ def render(report: Figure5Report, figure: Path | None = None) -> str:
             + ("" if cfg.lm_head else " and no LM head (`AutoModel`: embeddings + transformer body)")
             + ". Adapters and LoRA act per layer, so the % over the base of a body of identical layers does not "
             "depend on its depth"
-            + ("" if cfg.lm_head else "; the LM head (for GPT-2 medium 50,257 x 1024, about 1/7 of its FLOPs) is "
-               "a cost adapters do not add to, so with it the percentages are smaller")
+            + (
+                ""
+                if cfg.lm_head
+                else "; the LM head (for GPT-2 medium 50,257 x 1024, about 1/7 of its FLOPs) is "
+                "a cost adapters do not add to, so with it the percentages are smaller"
+            )
         )
     params = ", ".join(f"{n} {p:,}" for n, p in report.params.items() if n != BASE)
     return "\n".join([

@@ -34,6 +34,8 @@ from lora.bench.timing import (
     markdown_table,
     paired_ratio,
     resolve_device,
+    set_threads,
+    threads_line,
     write_report,
 )
 from lora.methods.lora import LoRAConfig, lora_modules, merge
@@ -66,7 +68,8 @@ class Setting:
 
 @dataclass(frozen=True)
 class LatencyConfig:
-    """settings: what to run; reps: timed rounds per setting (after `warmup` rounds); r, alpha: LoRA on q, v."""
+    """settings: what to run; reps: timed rounds per setting (after `warmup` rounds); r, alpha: LoRA on q, v;
+    threads: torch's CPU threads (None: torch's default)."""
 
     settings: tuple[Setting, ...]
     scaling: str = "the paper's exact settings"
@@ -77,6 +80,7 @@ class LatencyConfig:
     warmup: int = 1
     device: str = "cpu"
     dtype: str = "float32"
+    threads: int | None = None
     paper_csv: Path = PAPER_CSV
 
     def __post_init__(self) -> None:
@@ -93,6 +97,7 @@ class SettingResult:
     params: dict[str, int] = field(default_factory=dict)
     stats: dict[str, Stats] = field(default_factory=dict)
     overhead: dict[str, Ratio] = field(default_factory=dict)
+    cpu_overhead: dict[str, Ratio] = field(default_factory=dict)
 
 
 @dataclass
@@ -215,6 +220,7 @@ def run(
     """Measure every setting (variants interleaved within a setting) and write the markdown report to `out`."""
     t_start, load_at_start = time.perf_counter(), load_average()
     device, dtype = resolve_device(cfg.device), getattr(torch, cfg.dtype)
+    set_threads(cfg.threads)
     report = LatencyReport(cfg=cfg, command=command, device=device, paper=read_paper(cfg.paper_csv))
     log(f"building {cfg.model} (random weights) on {device}, {cfg.dtype}")
     base = build_model(cfg.model, "causal_lm", pretrained=False, device=device).to(dtype).eval()
@@ -241,9 +247,10 @@ def run(
         res.stats = interleaved(fns, cfg.reps, device, warmup=cfg.warmup, progress=log)
         others = [name for name in res.stats if name != BASE]
         res.overhead = {name: paired_ratio(res.stats[name], res.stats[BASE]) for name in others}
+        res.cpu_overhead = {n: paired_ratio(res.stats[n], res.stats[BASE], clock="cpu") for n in others}
         for name in others:
-            r = res.overhead[name]
-            log(f"  {name}: {_pct(r.median)} over the base model (of minima {_pct(r.of_minima)})")
+            r, c = res.overhead[name], res.cpu_overhead[name]
+            log(f"  {name}: {_pct(r.median)} over the base model (CPU time {_pct(c.median)})")
         report.results.append(res)
     report.seconds, report.load_at_start = time.perf_counter() - t_start, load_at_start
     if out is not None:
@@ -254,6 +261,10 @@ def run(
 
 def _pct(ratio: float) -> str:
     return f"{100 * (ratio - 1):+.1f}%"
+
+
+def _pct_range(r: Ratio) -> str:
+    return f"{_pct(r.median)} ({_pct(r.low)} to {_pct(r.high)})"
 
 
 def _count(n: int) -> str:
@@ -277,14 +288,14 @@ def render(report: LatencyReport) -> str:
     for res in report.results:
         s = res.setting
         for name, st in res.stats.items():
-            r = res.overhead.get(name)
+            r, c = res.overhead.get(name), res.cpu_overhead.get(name)
             over = ["(the base)", "", ""]
-            if r is not None:
-                over = [_pct(r.median), f"{_pct(r.low)} to {_pct(r.high)}", _pct(r.of_minima)]
+            if r is not None and c is not None:
+                over = [_pct_range(r), _pct(r.of_minima), _pct_range(c)]
             rows.append([
                 f"{s.name}: {s.paper_batch} x {s.paper_seq}, {_count(s.params)}", f"{s.batch} x {s.seq}", name,
                 str(res.bottleneck.get(name, "")), f"{res.params[name]:,}", st.ms(), f"{1e3 * st.median:.1f}",
-                f"{1e3 * st.min:.1f}", *over, *_paper_cells(report, s.name, name),
+                f"{1e3 * st.cpu_median:.1f}", *over, *_paper_cells(report, s.name, name),
             ])  # fmt: skip
     paper_note = next(iter(report.paper.values()), {}).get("note", "")
     return "\n".join([
@@ -302,16 +313,17 @@ def render(report: LatencyReport) -> str:
         "the attention and the feed-forward output projections, layer norms trained. Bottleneck m: the one whose "
         "trainable parameter count (|Theta| column, exact) is nearest the setting's budget",
         f"- protocol: per setting {cfg.warmup} warm-up round(s), then {cfg.reps} timed rounds; a round runs every "
-        "variant once, back to back, in an order rotated each round (interleaved). *Over base* is the median "
-        "over rounds of t_variant / t_base - 1 (same round), with its range over rounds; *of minima*: "
-        "min t_variant / min t_base - 1 (best rounds; other jobs on a shared machine only add time, so the best "
-        "round is the closest to the unloaded cost)",
+        "variant once, back to back, in an order rotated each round (interleaved). Each forward is timed by the "
+        "wall clock and by the CPU time the process used (`time.process_time`). *Over base*: the median over "
+        "rounds of t_variant / t_base - 1 (same round), with its range over rounds; *of minima*: min t_variant / "
+        "min t_base - 1 (best rounds: other jobs only add time)",
+        threads_line(report.device),
         f"- paper: Hu et al. (2021) Table 1 ({paper_note}), read from `results/paper/table1_latency.csv`",
         "",
         markdown_table(
             ["setting (paper)", "ours: batch x seq", "variant", "bottleneck m", "|Theta|", "ms (mean ± std)",
-             "ms (median)", "ms (min)", "over base (median)", "range over rounds", "over base (of minima)",
-             "paper ms", "paper over base"],
+             "ms (median)", "CPU ms (median)", "over base: wall (range)", "over base: wall, of minima",
+             "over base: CPU time (range)", "paper ms", "paper over base"],
             rows,
         ),  # fmt: skip
         "",

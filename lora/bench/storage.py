@@ -174,7 +174,9 @@ def run(
     mismatched = [r for r in report.rows if r.written is not None and r.written != r.checkpoint_bytes]
     if mismatched:
         r = mismatched[0]
-        raise RuntimeError(f"{r.model} {r.method}: computed {r.checkpoint_bytes:,} bytes, wrote {r.written:,}")
+        raise RuntimeError(
+            f"{r.model} {r.method}: computed {r.checkpoint_bytes:,} bytes, wrote {r.written:,}"
+        )
     report.seconds = time.perf_counter() - t0
     if out is not None:
         write_report(out, render(report))
@@ -199,7 +201,9 @@ def render(report: StorageReport) -> str:
          "" if r.written is None else ("yes" if r.written == r.checkpoint_bytes else f"NO: {r.written:,}")]
         for r in report.rows
     ]  # fmt: skip
-    skipped = [f"- {model} {method}: not applicable ({why})" for (model, method), why in report.skipped.items()]
+    skipped = [
+        f"- {model} {method}: not applicable ({why})" for (model, method), why in report.skipped.items()
+    ]
     gpt3 = Gpt3LoRA()
     verified = ", ".join(report.cfg.verify) or "none"
     return "\n".join([

@@ -233,6 +233,22 @@ def machine_lines(device: torch.device, dtype: torch.dtype, load_at_start: str) 
     ]
 
 
+def threads_line(device: torch.device) -> str:
+    """A markdown bullet: torch's CPU threads, and why one thread on a shared CPU."""
+    n = torch.get_num_threads()
+    if device.type != "cpu":
+        return f"- torch CPU threads: {n} (host side); on a GPU the wall-clock columns are the measurement"
+    line = f"- torch CPU threads: {n}"
+    if n == 1:
+        line += (
+            ". One thread because the CPU is shared: a second intra-op thread stalls at every barrier whenever "
+            "another job takes its core (trial runs here, under load: a roberta-base LoRA step took 16-27 s with "
+            "2 threads, 5-9 s with 1). With one thread the process CPU time is the computation's own cost, "
+            "which other jobs barely change: the CPU-time ratios are the steadier estimate on a shared machine"
+        )
+    return line
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

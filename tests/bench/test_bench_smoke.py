@@ -28,17 +28,22 @@ def test_interleaved_rotates_the_order_and_skips_warmup() -> None:
     fns = {n: (lambda n=n: calls.append(n)) for n in "abc"}
     stats = interleaved(fns, reps=2, device=CPU, warmup=1)
     assert calls == list("abcbcacab")  # round i starts with variant i mod 3
-    assert all(len(s.samples) == 2 and s.min >= 0 for s in stats.values())
+    assert all(len(s.samples) == len(s.cpu) == 2 and min(s.samples + s.cpu) >= 0 for s in stats.values())
 
 
 def test_stats_and_paired_ratio() -> None:
-    s = Stats((1.0, 2.0, 4.0))
-    assert (s.mean, s.median, s.min) == (7 / 3, 2.0, 1.0)
+    s = Stats((1.0, 2.0, 4.0), cpu=(2.0, 2.0, 2.0))
+    assert (s.mean, s.median, s.min, s.cpu_median) == (7 / 3, 2.0, 1.0, 2.0)
     assert s.std == pytest.approx(1.527525, abs=1e-6)  # sample std of [1, 2, 4] by hand: sqrt(7/3)
-    r = paired_ratio(s, Stats((1.0, 1.0, 0.5)))  # per-round ratios 1, 2, 8; minima 1 / 0.5
+    other = Stats((1.0, 1.0, 0.5), cpu=(1.0, 4.0, 1.0))
+    r = paired_ratio(s, other)  # per-round wall ratios 1, 2, 8; minima 1 / 0.5
     assert (r.median, r.low, r.high, r.of_minima) == (2.0, 1.0, 8.0, 2.0)
+    c = paired_ratio(s, other, clock="cpu")  # per-round CPU ratios 2, 0.5, 2; minima 2 / 1
+    assert (c.median, c.low, c.high, c.of_minima) == (2.0, 0.5, 2.0, 2.0)
     with pytest.raises(ValueError, match="cannot pair"):
         paired_ratio(s, Stats((1.0,)))
+    with pytest.raises(ValueError, match="clock must be"):
+        paired_ratio(s, other, clock="gpu")
 
 
 def test_peak_bytes_on_cpu_counts_every_live_tensor() -> None:
@@ -66,11 +71,15 @@ def test_lora_core_runs_and_writes_its_report(tmp_path: Path) -> None:
     for name, mem in report.memory.items():
         assert mem.extra >= mem.grads > 0, name  # the gradients are alive at the end of the step
     assert report.memory[full].grads == report.memory[full].params  # every parameter has a gradient
-    assert set(report.ratios) == {
-        "step time, ours / peft",
-        "step time, ours / full FT",
-        "forward latency, merged / base",
-    }
+    assert (
+        set(report.ratios)
+        == set(report.cpu_ratios)
+        == {
+            "step time, ours / peft",
+            "step time, ours / full FT",
+            "forward latency, merged / base",
+        }
+    )
     assert all(0 < r.low <= r.median <= r.high and r.of_minima > 0 for r in report.ratios.values())
     text = out.read_text()
     assert "`python experiments/bench.py lora-core --test`" in text
@@ -117,7 +126,9 @@ def test_latency_runs_and_writes_table1(tmp_path: Path) -> None:
     assert [r.setting.name for r in report.results] == ["A", "C"]
     for res in report.results:
         assert list(res.stats) == [latency.BASE, latency.LORA, latency.ADAPTER_L, latency.ADAPTER_H]
-        assert set(res.overhead) == {latency.LORA, latency.ADAPTER_L, latency.ADAPTER_H}
+        assert (
+            set(res.overhead) == set(res.cpu_overhead) == {latency.LORA, latency.ADAPTER_L, latency.ADAPTER_H}
+        )
         for name, m in res.bottleneck.items():  # m's count is the nearest to the budget
             method = latency.ADAPTER_METHODS[name]
             near = [latency.adapter_params("tiny-gpt2", method, k) for k in (max(m - 1, 1), m + 1)]
