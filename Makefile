@@ -30,7 +30,7 @@ space := $(empty) $(empty)
 exps = $(subst $(space),$(comma),$(addprefix $(1)_,$(subst $(comma),$(space),$(2))))
 SWEEP = $(PY) experiments/train.py -m hydra/launcher=$(LAUNCHER) task=$(TASKS)
 
-.PHONY: help install test test-slow lint glue-roberta glue-roberta-large glue-deberta tables demo e2e-gpt2 webnlg-gpt2 dart-gpt2 install-smollm2 demo-nlg ablation-targets ablation-rank analysis
+.PHONY: help install test test-slow lint bench-lora latency glue-roberta glue-roberta-large glue-deberta tables demo e2e-gpt2 webnlg-gpt2 dart-gpt2 install-smollm2 demo-nlg ablation-targets ablation-rank analysis
 
 help: ## List the targets with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -123,3 +123,9 @@ ablation-rank: install ## Table 6: r in 1,2,4,8,64 for Wq, (Wq,Wv), all four (RA
 
 analysis: install ## Sec. 7: subspace similarity (Figs. 3-4), amplification (Table 7) of the rank ablation's adapters -> results/analysis/
 	$(PY) experiments/analysis.py $(if $(MODEL),model=$(MODEL)) $(if $(TASK),task=$(TASK)) $(EXTRA)
+
+bench-lora: install ## LoRA core micro-benchmark: ours vs peft vs full FT (step time, memory), merged latency; ~4 min CPU -> results/bench/lora_core.md
+	$(PY) experiments/bench.py lora-core $(EXTRA)
+
+latency: install ## Table 1: GPT-2 M forward latency, base / merged LoRA / AdapterL / AdapterH; ~4 min CPU (EXTRA="--full --device cuda": paper's settings)
+	$(PY) experiments/bench.py latency $(EXTRA)

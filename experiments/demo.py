@@ -1,7 +1,7 @@
 """Print and write a demo's table from the records `make demo` / `make demo-nlg` wrote.
 
-    python experiments/demo.py [RUNS_DIR] [OUT]            # results/demo/runs -> results/demo/table.md
-    python experiments/demo.py nlg [RUNS_DIR] [OUT]        # -> results/demo/table_nlg.md
+python experiments/demo.py [RUNS_DIR] [OUT]            # results/demo/runs -> results/demo/table.md
+python experiments/demo.py nlg [RUNS_DIR] [OUT]        # -> results/demo/table_nlg.md
 """
 
 import sys

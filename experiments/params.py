@@ -26,7 +26,9 @@ def main(cfg: DictConfig) -> None:
     report = methods.apply(model, name, method_cfg, head=head_parameter_names(model))
     counts = count_parameters(model)
     out = counts.as_dict() | {"percent": round(counts.percent, 4), "modules": len(report.modules)}
-    print(f"{cfg.model.name} + {name}: {counts.trainable:,} trainable of {counts.total:,} ({counts.percent:.3f}%)")
+    print(
+        f"{cfg.model.name} + {name}: {counts.trainable:,} trainable of {counts.total:,} ({counts.percent:.3f}%)"
+    )
     print(json.dumps({"model": cfg.model.name, "method": name, **out}))
 
 

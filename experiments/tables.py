@@ -1,7 +1,7 @@
 """Regenerate every table of results/tables/ and results/README.md from the run records (never by hand).
 
-    python experiments/tables.py                      # results/runs -> results/tables
-    python experiments/tables.py runs_dir=/tmp/runs out_dir=/tmp/out
+python experiments/tables.py                      # results/runs -> results/tables
+python experiments/tables.py runs_dir=/tmp/runs out_dir=/tmp/out
 """
 
 import sys

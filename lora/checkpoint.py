@@ -47,7 +47,12 @@ def _model_signature(model: nn.Module) -> dict[str, Any]:
 
 
 def save_adapter(
-    model: nn.Module, directory: str | os.PathLike, method: str, cfg: Any, report: Injection, head: bool = True
+    model: nn.Module,
+    directory: str | os.PathLike,
+    method: str,
+    cfg: Any,
+    report: Injection,
+    head: bool = True,
 ) -> Path:
     """Write the parameters in `report.trainable` (and the task head) to `directory`. Returns the directory."""
     out = Path(directory)

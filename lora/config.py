@@ -72,7 +72,9 @@ class TaskConfig:
         if self.kind not in TASK_KINDS:
             raise ValueError(f"task.kind must be one of {TASK_KINDS}, got {self.kind!r}")
         if self.decode_split not in ("train", "validation", "test"):
-            raise ValueError(f"task.decode_split must be train, validation or test, got {self.decode_split!r}")
+            raise ValueError(
+                f"task.decode_split must be train, validation or test, got {self.decode_split!r}"
+            )
         if self.num_beams <= 0 or self.max_new_tokens <= 0 or self.no_repeat_ngram_size < 0:
             raise ValueError("task.num_beams and task.max_new_tokens must be > 0, no_repeat_ngram_size >= 0")
         for k in ("max_train_samples", "max_eval_samples", "max_decode_samples"):

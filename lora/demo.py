@@ -26,9 +26,10 @@ def _newest(runs_dir: str | Path, experiment: str, target: str) -> dict[str, rec
         raise FileNotFoundError(f"no demo records: {runs_dir} does not exist: run `{target}`")
     newest: dict[str, records.RunRecord] = {}
     for r in records.load_records(runs_dir):
-        if r.experiment == experiment and r.status == "complete":
-            if r.method not in newest or (r.finished or "") > (newest[r.method].finished or ""):
-                newest[r.method] = r
+        if r.experiment != experiment or r.status != "complete":
+            continue
+        if r.method not in newest or (r.finished or "") > (newest[r.method].finished or ""):
+            newest[r.method] = r
     if not newest:
         raise FileNotFoundError(f"no complete {experiment} records under {runs_dir}: run `{target}`")
     return newest

@@ -114,7 +114,9 @@ def decode(
         batch = collate([nlg.build_prompt(e.source, tokenizer) for e in examples[i : i + cfg.batch_size]])
         batch = {k: v.to(device) for k, v in batch.items()}
         width = batch["input_ids"].shape[1]
-        out = model.generate(**batch, **cfg.generate_kwargs(nlg.pad_id(tokenizer), tokenizer.eos_token_id, width))
+        out = model.generate(
+            **batch, **cfg.generate_kwargs(nlg.pad_id(tokenizer), tokenizer.eos_token_id, width)
+        )
         new = out[:, batch["input_ids"].shape[1] :]
         outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     model.train(was_training)

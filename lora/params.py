@@ -69,7 +69,11 @@ def safetensors_size(tensors: dict[str, torch.Tensor], metadata: dict[str, str] 
     order = sorted(tensors.items(), key=lambda kv: (-_DTYPES[kv[1].dtype][1], kv[0]))
     for name, t in order:
         n = t.numel() * t.element_size()
-        header[name] = {"dtype": _DTYPES[t.dtype][0], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        header[name] = {
+            "dtype": _DTYPES[t.dtype][0],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + n],
+        }
         offset += n
     size = len(json.dumps(header, separators=(",", ":")).encode())
     return 8 + size + (-size % 8) + offset

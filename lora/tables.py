@@ -26,7 +26,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lora.records import PRIMARY_METRIC, FAILED, IGNORED_KEYS, RecordWarning, RunRecord, config_hash, load_records
+from lora.records import (
+    FAILED,
+    IGNORED_KEYS,
+    PRIMARY_METRIC,
+    RecordWarning,
+    RunRecord,
+    config_hash,
+    load_records,
+)
 
 MISSING = "–"
 SYMBOLS = ("*", "†")  # the paper's marks: numbers from prior work, Houlsby-style setup

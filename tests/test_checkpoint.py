@@ -79,7 +79,8 @@ def test_adapter_of_another_architecture_is_a_clear_error(make_tiny, randomize_l
     save_adapter(model, tmp_path, "lora", cfg, report)
     llama = make_tiny("tiny-llama")
     with pytest.raises(
-        ValueError, match="trained on a gpt2 model of width 32 with 2 layers; this is a llama model of width 32"
+        ValueError,
+        match="trained on a gpt2 model of width 32 with 2 layers; this is a llama model of width 32",
     ):
         load_adapter(llama, tmp_path)
     assert not lora_modules(llama)
@@ -97,7 +98,9 @@ def test_adapter_of_another_width_is_a_clear_error(saved_roberta) -> None:
             pad_token_id=1,
         )  # fmt: skip
     )
-    with pytest.raises(ValueError, match="roberta model of width 32 with 2 layers; this is a roberta model of width 64"):
+    with pytest.raises(
+        ValueError, match="roberta model of width 32 with 2 layers; this is a roberta model of width 64"
+    ):
         load_adapter(wide, saved_roberta[1])
     assert not lora_modules(wide)
 

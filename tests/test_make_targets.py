@@ -24,6 +24,7 @@ GPT2_LARGE = ["ft", "adapter_l_0.88m", "adapter_l_23m", "prefix_layer", "lora"]
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
+
 def make_n(target: str, **variables: str) -> str:
     """What `make -n target VAR=value ...` prints: the shell commands it would run."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}

@@ -36,6 +36,7 @@ from lora.bench.timing import (
     parameter_bytes,
     peak_bytes,
     resolve_device,
+    threads_line,
     write_report,
 )
 from lora.bench.training import make_inputs, training_step
@@ -49,14 +50,14 @@ class CostConfig:
     the r sweep at the largest width; width_rank: r at the other widths; batch x seq: random tokens per step."""
 
     model: str = "gpt2-medium"
-    layers: int = 2
+    layers: int = 4
     widths: tuple[int, ...] = (256, 512, 1024)
     ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     width_rank: int = 4
     head_dim: int = 64
     batch: int = 2
     seq: int = 64
-    reps: int = 3
+    reps: int = 4
     lr: float = 1e-4
     device: str = "cpu"
     dtype: str = "float32"
@@ -221,9 +222,10 @@ def plot(report: CostReport, path: Path) -> Path:
     widths = sorted(cfg.widths)
     for r, label, color in ((cfg.width_rank, f"LoRA r={cfg.width_rank}", "C0"), (None, "full FT", "C3")):
         c.plot(widths, [ms(Point(w, r)) for w in widths], marker="o", color=color, label=label)
+    c.plot([], [], " ", label="xN: LoRA / full FT (median)")
     for w in widths:
         ratio = report.vs_full[Point(w, cfg.width_rank)].median
-        c.annotate(f"LoRA / full x{ratio:.2f}", (w, ms(Point(w, cfg.width_rank))), textcoords="offset points",
+        c.annotate(f"x{ratio:.2f}", (w, ms(Point(w, cfg.width_rank))), textcoords="offset points",
                    xytext=(0, 8), ha="center", fontsize=8)  # fmt: skip
     c.set(xscale="log", xlabel="width d", ylabel="step ms", title=f"step time vs width ({cfg.layers} layers)")
     c.set_xticks(widths, [str(w) for w in widths])
@@ -244,11 +246,16 @@ def plot(report: CostReport, path: Path) -> Path:
 def _row(report: CostReport, p: Point) -> list[str]:
     s, r, m = report.step[p], report.vs_full[p], report.memory[p]
     full = Point(p.width, None)
+    cpu = (
+        [f"{paired_ratio(s, report.step[full], clock='cpu').median:.3f}"]
+        if report.device.type == "cpu"
+        else []
+    )
     return [
         str(p.width), "full FT" if p.r is None else str(p.r), f"{report.trainable[p]:,}",
         f"{report.trainable_bytes(p) / MiB:,.2f}", f"{report.trainable_bytes(p) / report.trainable_bytes(full):.4f}",
         f"{m.peak / MiB:,.0f}", f"{m.peak / report.memory[full].peak:.3f}", f"{1e3 * s.median:,.0f}",
-        f"{1e3 * s.min:,.0f}", f"{r.median:.3f} ({r.low:.2f}-{r.high:.2f})", f"{r.of_minima:.3f}",
+        f"{1e3 * s.min:,.0f}", f"{r.median:.3f} ({r.low:.2f}-{r.high:.2f})", f"{r.of_minima:.3f}", *cpu,
     ]  # fmt: skip
 
 
@@ -261,6 +268,7 @@ HEADER = [
 def render(report: CostReport, figure: Path | None = None) -> str:
     """The markdown report: setup, the r sweep, the width sweep, machine."""
     cfg = report.cfg
+    header = HEADER + (["time / full, process CPU time (median)"] if report.device.type == "cpu" else [])
     by_r = sorted((p for p in report.step if p.width == cfg.width), key=lambda p: (p.r is None, p.r or 0))
     by_w = sorted(
         (p for p in report.step if p.r in (None, cfg.width_rank)), key=lambda p: (p.width, p.r is None)
@@ -281,19 +289,22 @@ def render(report: CostReport, figure: Path | None = None) -> str:
         "*trainable p+g+AdamW*: exact bytes of the trainable parameters, their gradients and AdamW state; "
         "*measured peak*: all parameters + AdamW state + the measured peak of one step's allocations "
         + ("(`torch.cuda.max_memory_allocated`)" if report.device.type == "cuda" else "(torch profiler, CPU)")
-        + ". *time / full*: against full FT of the same width",
+        + ". *time / full*: against full FT of the same width, of the wall clock (median over rounds, range) "
+        "and of the best rounds"
+        + ("; *process CPU time*: the median ratio of `time.process_time`" if report.device.type == "cpu" else ""),
         "",
         f"## Rank sweep (d = {cfg.width})",
         "",
-        markdown_table(HEADER, [_row(report, p) for p in by_r]),
+        markdown_table(header, [_row(report, p) for p in by_r]),
         "",
         f"## Width sweep (LoRA r = {cfg.width_rank} vs full FT)",
         "",
-        markdown_table(HEADER, [_row(report, p) for p in by_w]),
+        markdown_table(header, [_row(report, p) for p in by_w]),
         "",
         *([f"![cost curve]({figure.name})", ""] if figure is not None else []),
         "## Machine",
         "",
         *machine_lines(report.device, getattr(torch, cfg.dtype), report.load_at_start),
+        threads_line(report.device),
         "",
     ])  # fmt: skip

@@ -32,6 +32,7 @@ from lora.bench.timing import (
     markdown_table,
     paired_ratio,
     resolve_device,
+    threads_line,
     write_report,
 )
 from lora.models import build_model, spec
@@ -50,7 +51,7 @@ class Figure5Config:
     lm_head: bool = False
     r: int = 4
     alpha: float = 32.0
-    reps: int = 3
+    reps: int = 5
     warmup: int = 1
     device: str = "cpu"
     dtype: str = "float32"
@@ -216,11 +217,17 @@ def render(report: Figure5Report, figure: Path | None = None) -> str:
     """The markdown report: setup (and what differs from the paper), one row per cell, the merged-LoRA summary."""
     cfg = report.cfg
     names = [n for n in report.cells[0].stats if n != BASE] if report.cells else []
-    rows = []
-    for c in report.cells:
-        o = c.overhead
-        rows.append([f"{c.batch}", f"{c.seq}", f"{1e3 * c.stats[BASE].median:,.1f}"]
-                    + [f"{_pct(o[n].median)} ({_pct(o[n].of_minima)})" for n in names])  # fmt: skip
+    cpu_clock = report.device.type == "cpu"
+
+    def cell_text(c: Cell, n: str) -> str:
+        o = c.overhead[n]
+        cpu = (
+            f"; cpu {_pct(paired_ratio(c.stats[n], c.stats[BASE], clock='cpu').median)}" if cpu_clock else ""
+        )
+        return f"{_pct(o.median)} (min {_pct(o.of_minima)}{cpu})"
+
+    rows = [[f"{c.batch}", f"{c.seq}", f"{1e3 * c.stats[BASE].median:,.1f}"] + [cell_text(c, n) for n in names]
+            for c in report.cells]  # fmt: skip
     lora = [c.overhead[LORA] for c in report.cells]
     medians = [r.median for r in lora]
     summary = (
@@ -230,6 +237,11 @@ def render(report: Figure5Report, figure: Path | None = None) -> str:
         if lora
         else "no cells"
     )
+    if lora and cpu_clock:
+        cpu = [paired_ratio(c.stats[LORA], c.stats[BASE], clock="cpu").median for c in report.cells]
+        summary += (
+            f"; of process CPU time: median {statistics.median(cpu):.3f}, range {min(cpu):.3f}-{max(cpu):.3f}"
+        )
     full_grid = (cfg.batches, cfg.seqs, cfg.bottlenecks) == (
         (1, 2, 4, 8, 16, 32),
         (128, 256, 512),
@@ -272,7 +284,8 @@ def render(report: Figure5Report, figure: Path | None = None) -> str:
         f"parameters: {params}",
         f"- protocol: per cell {cfg.warmup} warm-up round(s) + {cfg.reps} timed rounds; a round runs every variant "
         "once, in an order rotated each round (interleaved). Cells: the median over rounds of t_variant / t_base "
-        "- 1 (same round), and in brackets the ratio of the minima (best rounds)",
+        "- 1 (same round) of the wall clock; in brackets the ratio of the minima (best rounds)"
+        + (" and the median ratio of process CPU times (one thread: the compute's own cost)" if cpu_clock else ""),
         "",
         markdown_table(["batch", "seq", "base ms (median)", *names], rows),
         "",
@@ -282,5 +295,6 @@ def render(report: Figure5Report, figure: Path | None = None) -> str:
         "## Machine",
         "",
         *machine_lines(report.device, getattr(torch, cfg.dtype), report.load_at_start),
+        threads_line(report.device),
         "",
     ])  # fmt: skip

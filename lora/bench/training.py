@@ -43,6 +43,7 @@ from lora.bench.timing import (
     parameter_bytes,
     peak_bytes,
     resolve_device,
+    threads_line,
     write_report,
 )
 from lora.models import build_model, head_parameter_names, is_classifier, spec
@@ -120,7 +121,7 @@ class TrainingConfig:
     models: tuple[str, ...] = ("roberta-base", "roberta-large", "gpt2-medium")
     methods: tuple[str, ...] = TRAINING_METHODS
     batch: int = 2
-    seq: int = 32
+    seq: int = 64
     reps: int = 3
     large_reps: int = 2
     lr: float = 1e-4
@@ -294,16 +295,18 @@ def _mib(n: int) -> str:
     return f"{n / MiB:,.1f}"
 
 
-def _rows(res: ModelResult) -> list[list[str]]:
+def _rows(res: ModelResult, cpu_clock: bool) -> list[list[str]]:
+    """One row per method; cpu_clock: add the ratio of process CPU times (CPU runs)."""
     ref = res.memory[REFERENCE]
     rows = []
     for m, mem in res.memory.items():
         s, r = res.step[m], res.time_ratio[m]
+        cpu = [f"{paired_ratio(s, res.step[REFERENCE], clock='cpu').median:.3f}"] if cpu_clock else []
         rows.append([
             m, res.labels[m], f"{res.trainable[m]:,}", _mib(mem.params), _mib(mem.grads), _mib(mem.optimizer),
             _mib(res.exact(m)), f"{res.exact(m) / res.exact(REFERENCE):.3f}", _mib(mem.peak),
             f"{mem.peak / ref.peak:.3f}", f"{1e3 * s.median:,.0f}", f"{1e3 * s.min:,.0f}",
-            f"{r.median:.3f} ({r.low:.2f}-{r.high:.2f})", f"{r.of_minima:.3f}",
+            f"{r.median:.3f} ({r.low:.2f}-{r.high:.2f})", f"{r.of_minima:.3f}", *cpu,
         ])  # fmt: skip
     return rows
 
@@ -313,11 +316,13 @@ HEADER = [
     "exact / full", "measured peak MiB", "peak / full", "step ms (median)", "step ms (min)",
     "time / full (median, range)", "time / full (minima)",
 ]  # fmt: skip
+CPU_COLUMN = ["time / full, process CPU time (median)"]
 
 
 def render(report: TrainingReport) -> str:
     """The markdown report: claim, setup, one table per model, how memory is measured, machine."""
     cfg, dev = report.cfg, report.device
+    cpu_clock = dev.type == "cpu"
     peak_how = (
         "`torch.cuda.max_memory_allocated()` during one steady-state step"
         if dev.type == "cuda"
@@ -331,7 +336,7 @@ def render(report: TrainingReport) -> str:
             f"## {res.model} ({res.total_params / 1e6:,.1f}M parameters, {model_kind(res.model)}, "
             f"{res.reps} timed rounds; load average after it: {res.load})",
             "",
-            markdown_table(HEADER, _rows(res)),
+            markdown_table(HEADER + (CPU_COLUMN if cpu_clock else []), _rows(res, cpu_clock)),
             "",
             *skipped,
             *([""] if skipped else []),
@@ -362,7 +367,13 @@ def render(report: TrainingReport) -> str:
         "Per variant a warm-up step (it creates the AdamW state, so every measurement below includes it), a "
         "memory-measured step, then timed rounds; a round runs every variant once, back to back, in an order "
         "rotated each round (interleaved, against a shared machine's load drifts). *time / full*: the median "
-        "over rounds of the per-round ratio (range in brackets) and the ratio of the fastest rounds",
+        "over rounds of the per-round ratio (range in brackets) and the ratio of the fastest rounds"
+        + (
+            "; *process CPU time*: the median ratio of `time.process_time` over the same steps (with one thread, "
+            "the compute's own cost, which other jobs on the machine barely change)"
+            if cpu_clock
+            else ""
+        ),
         "",
         "**Memory, two numbers.** *exact p+g+AdamW* = bytes of all parameters + gradients of the trainable ones + "
         "AdamW state (exp_avg, exp_avg_sq, step), computed from the tensors: what training must hold besides "
@@ -377,5 +388,6 @@ def render(report: TrainingReport) -> str:
         "## Machine",
         "",
         *machine_lines(dev, getattr(torch, cfg.dtype), report.load_at_start),
+        threads_line(dev),
         "",
     ])  # fmt: skip

@@ -110,7 +110,9 @@ class FusedLoRA(Projection):
         self.n_slices, self.width = n_slices, self.out_features // n_slices
         self.slices = sorted(set(slices))
         names = [SLICE_NAMES[s] for s in self.slices]
-        self.lora_A = nn.ParameterDict({n: nn.Parameter(torch.empty(cfg.r, self.in_features, **kw)) for n in names})
+        self.lora_A = nn.ParameterDict(
+            {n: nn.Parameter(torch.empty(cfg.r, self.in_features, **kw)) for n in names}
+        )
         self.lora_B = nn.ParameterDict({n: nn.Parameter(torch.empty(self.width, cfg.r, **kw)) for n in names})
         for n in names:
             _init_pair(self.lora_A[n], self.lora_B[n], cfg.init, cfg.r)
