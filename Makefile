@@ -30,7 +30,7 @@ space := $(empty) $(empty)
 exps = $(subst $(space),$(comma),$(addprefix $(1)_,$(subst $(comma),$(space),$(2))))
 SWEEP = $(PY) experiments/train.py -m hydra/launcher=$(LAUNCHER) task=$(TASKS)
 
-.PHONY: help install test test-slow lint bench-lora latency glue-roberta glue-roberta-large glue-deberta tables demo e2e-gpt2 webnlg-gpt2 dart-gpt2 install-smollm2 demo-nlg ablation-targets ablation-rank analysis
+.PHONY: help install test test-slow lint bench-lora latency bench bench-gpu glue-roberta glue-roberta-large glue-deberta tables demo e2e-gpt2 webnlg-gpt2 dart-gpt2 install-smollm2 demo-nlg ablation-targets ablation-rank analysis
 
 help: ## List the targets with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -129,3 +129,17 @@ bench-lora: install ## LoRA core micro-benchmark: ours vs peft vs full FT (step 
 
 latency: install ## Table 1: GPT-2 M forward latency, base / merged LoRA / AdapterL / AdapterH; ~4 min CPU (EXTRA="--full --device cuda": paper's settings)
 	$(PY) experiments/bench.py latency $(EXTRA)
+
+bench: install ## All benchmarks, not in `make test`: LoRA vs peft vs FT, latency, training memory/time, storage, Figure 5, cost (CPU ~15 min)
+	$(PY) experiments/bench.py lora-core
+	$(PY) experiments/bench.py latency
+	$(PY) experiments/bench.py training
+	$(PY) experiments/bench.py storage
+	$(PY) experiments/bench.py figure5
+	$(PY) experiments/bench.py cost
+
+bench-gpu: install ## The same at the paper's shapes on a GPU (bf16) -> results/bench/*_gpu.md, *_full.*, results/latency/table1_full.md
+	$(PY) experiments/bench.py latency --full --device cuda
+	$(PY) experiments/bench.py training --gpu-full
+	$(PY) experiments/bench.py figure5 --full --device cuda
+	$(PY) experiments/bench.py cost --full --device cuda
