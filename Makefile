@@ -30,7 +30,7 @@ space := $(empty) $(empty)
 exps = $(subst $(space),$(comma),$(addprefix $(1)_,$(subst $(comma),$(space),$(2))))
 SWEEP = $(PY) experiments/train.py -m hydra/launcher=$(LAUNCHER) task=$(TASKS)
 
-.PHONY: help install test test-slow lint bench-lora latency bench bench-gpu glue-roberta glue-roberta-large glue-deberta tables demo e2e-gpt2 webnlg-gpt2 dart-gpt2 install-smollm2 demo-nlg ablation-targets ablation-rank analysis
+.PHONY: help install test test-slow lint bench-lora latency bench bench-gpu ablation-rank-e2e glue-roberta glue-roberta-large glue-deberta tables demo e2e-gpt2 webnlg-gpt2 dart-gpt2 install-smollm2 demo-nlg ablation-targets ablation-rank analysis
 
 help: ## List the targets with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -143,3 +143,7 @@ bench-gpu: install ## The same at the paper's shapes on a GPU (bf16) -> results/
 	$(PY) experiments/bench.py training --gpu-full
 	$(PY) experiments/bench.py figure5 --full --device cuda
 	$(PY) experiments/bench.py cost --full --device cuda
+
+E2E_RANKS ?= 1,2,4,8,16,32,64,128,256,512,1024
+ablation-rank-e2e: install ## Table 18: GPT-2 medium LoRA on E2E for r = 1 ... 1024 (E2E_RANKS= SEEDS= EXTRA=)
+	$(NLG_SWEEP) experiment=gpt2_medium_e2e_lora method.r=$(E2E_RANKS) $(EXTRA)
