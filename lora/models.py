@@ -145,7 +145,8 @@ def build_model(
         cfg = build_config(name)
         for k, v in extra.items():
             setattr(cfg, k, v)
-        with torch.device(device):
+        # The same random weights every time, without touching the caller's random state.
+        with torch.random.fork_rng(devices=[]), torch.device(device):
             torch.manual_seed(0)
             return auto.from_config(cfg)
     source = path or (str(pretrained_path(name)) if s.source == "package" else s.hub)
