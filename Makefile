@@ -72,7 +72,7 @@ tables: install ## Regenerate results/tables/* and results/README.md from the ru
 	$(PY) experiments/tables.py
 
 DEMO_METHODS ?= full bitfit adapter_h adapter_p prefix_embed lora
-demo: install ## The offline demo: MiniLM on sentence polarity, 6 methods, CPU, ~10 min; table in results/demo/
+demo: install ## The offline demo: MiniLM on sentence polarity, 6 methods, CPU, ~5 min; table in results/demo/
 	@for m in $(DEMO_METHODS); do \
 	  echo "=== demo: $$m ==="; \
 	  $(PY) experiments/train.py experiment=demo method=$$m $(EXTRA) || exit 1; \
