@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from lora import methods
 from lora.architectures import architecture, layer_list
@@ -21,8 +20,10 @@ from lora.methods.adapters import (
     AdapterHConfig,
     BottleneckAdapter,
 )
-from lora.models import head_parameter_names, is_classifier
+from lora.models import head_parameter_names
 from lora.params import count_parameters
+
+from .common import logits, loss, perturb
 
 TINY = ["tiny-bert", "tiny-roberta", "tiny-deberta", "tiny-gpt2", "tiny-llama"]
 ADAPTERS = ["adapter_h", "adapter_l", "adapter_p", "adapter_d"]
@@ -33,25 +34,6 @@ def config(method: str, m: int = 8) -> AdapterConfig:
     if method == "adapter_d":
         return AdapterDConfig(bottleneck=m, drop_layers=1)
     return CONFIGS[method](bottleneck=m)
-
-
-def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**batch).logits
-
-
-def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    labels = torch.tensor([0, 1]) if is_classifier(model) else batch["input_ids"]
-    return model(**batch, labels=labels).loss
-
-
-def perturb(model: nn.Module, names: list[str], std: float = 0.1) -> None:
-    """Add N(0, std^2) noise to the parameters `names` (the up-projections are zero at init), as if trained."""
-    g = torch.Generator().manual_seed(0)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n in names:
-            params[n].add_(torch.randn(params[n].shape, generator=g) * std)
 
 
 @pytest.mark.parametrize("method", ADAPTERS)
@@ -89,7 +71,7 @@ def test_save_load_round_trip(name, method, make_tiny, tiny_batch, tmp_path) -> 
     model = make_tiny(name)
     cfg = config(method)
     report = methods.apply(model, method, cfg, head=head_parameter_names(model))
-    perturb(model, report.trainable)  # adapters and, for adapter_h, the trained layer norms
+    perturb(model, report.trainable, std=0.1)  # adapters and, for adapter_h, the trained layer norms
     expected = logits(model, tiny_batch)
     assert not torch.equal(expected, logits(make_tiny(name), tiny_batch))
     save_adapter(model, tmp_path, method, cfg, report)

@@ -16,12 +16,9 @@ from lora.methods.bitfit import BitFitConfig
 from lora.models import head_parameter_names, is_classifier
 from lora.params import count_parameters
 
+from .common import logits
+
 WITH_BIASES = ["tiny-bert", "tiny-roberta", "tiny-deberta", "tiny-gpt2"]
-
-
-def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**batch).logits
 
 
 @pytest.mark.parametrize("name", WITH_BIASES)

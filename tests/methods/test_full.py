@@ -13,12 +13,9 @@ from lora.methods.full import FullConfig, TopLayersConfig
 from lora.models import head_parameter_names, is_classifier
 from lora.params import count_parameters
 
+from .common import logits
+
 TINY = ["tiny-bert", "tiny-roberta", "tiny-deberta", "tiny-gpt2", "tiny-llama"]
-
-
-def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**batch).logits
 
 
 def backward(model: nn.Module, batch: dict[str, torch.Tensor]) -> None:

@@ -31,12 +31,9 @@ from lora.methods.lora import (
 )
 from lora.models import head_parameter_names
 
+from .common import logits
+
 TARGET_SETS = [["q", "v"], ["q", "k", "v", "o"], ["ffn_in", "ffn_out"], list(ROLES)]
-
-
-def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**batch).logits
 
 
 # --- B = 0 at initialisation: the adapted model is the pretrained function (Section 4.1) -------------------------

@@ -20,27 +20,11 @@ from lora.methods.prefix import LayerPrefix, PrefixEmbedConfig, PrefixLayerConfi
 from lora.models import head_parameter_names, is_classifier
 from lora.params import count_parameters
 
+from .common import logits, loss, perturb
+
 TINY = ["tiny-bert", "tiny-roberta", "tiny-deberta", "tiny-gpt2", "tiny-llama"]
 CAUSAL = ["tiny-gpt2", "tiny-llama"]
 D, N_LAYERS = 32, 2  # tiny models
-
-
-def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**batch).logits
-
-
-def loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    labels = torch.tensor([0, 1]) if is_classifier(model) else batch["input_ids"]
-    return model(**batch, labels=labels).loss
-
-
-def perturb(model: nn.Module, names: list[str], std: float = 1.0) -> None:
-    g = torch.Generator().manual_seed(0)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for n in names:
-            params[n].add_(torch.randn(params[n].shape, generator=g) * std)
 
 
 def padded_batch() -> dict[str, torch.Tensor]:
@@ -151,7 +135,7 @@ def test_prefix_embed_insertion_sites(make_tiny) -> None:
 def test_prefix_embed_generate_matches_recomputation(name, prefix, infix, make_tiny) -> None:
     model = make_tiny(name)
     report = methods.apply(model, "prefix_embed", PrefixEmbedConfig(prefix_length=prefix, infix_length=infix))
-    perturb(model, report.trainable)
+    perturb(model, report.trainable, std=1.0)
     assert_generate_matches_recomputation(model)
     beams = model.generate(**padded_batch(), max_new_tokens=3, num_beams=2, do_sample=False, pad_token_id=0)
     assert beams.shape == (2, 6 + 3)
@@ -162,7 +146,7 @@ def test_prefix_embed_save_load_round_trip(name, make_tiny, tiny_batch, tmp_path
     model = make_tiny(name)
     cfg = PrefixEmbedConfig(prefix_length=2, infix_length=1)
     report = methods.apply(model, "prefix_embed", cfg, head=head_parameter_names(model))
-    perturb(model, report.trainable)
+    perturb(model, report.trainable, std=1.0)
     expected = logits(model, tiny_batch)
     save_adapter(model, tmp_path, "prefix_embed", cfg, report)
     fresh = make_tiny(name)
@@ -216,7 +200,7 @@ def test_prefix_layer_is_the_model_run_on_prefix_tokens(name, make_tiny, tiny_ba
 def test_prefix_layer_generate_matches_recomputation(name, make_tiny) -> None:
     model = make_tiny(name)
     report = methods.apply(model, "prefix_layer", PrefixLayerConfig(prefix_length=3))
-    perturb(model, report.trainable)
+    perturb(model, report.trainable, std=1.0)
     assert_generate_matches_recomputation(model)
     beams = model.generate(**padded_batch(), max_new_tokens=3, num_beams=2, do_sample=False, pad_token_id=0)
     assert beams.shape == (2, 6 + 3)
@@ -227,7 +211,7 @@ def test_prefix_layer_save_load_round_trip(name, make_tiny, tiny_batch, tmp_path
     model = make_tiny(name)
     cfg = PrefixLayerConfig(prefix_length=2)
     report = methods.apply(model, "prefix_layer", cfg)
-    perturb(model, report.trainable)
+    perturb(model, report.trainable, std=1.0)
     expected = logits(model, tiny_batch)
     save_adapter(model, tmp_path, "prefix_layer", cfg, report)
     fresh = make_tiny(name)
