@@ -180,8 +180,7 @@ def run(
         plot(report, figure)
         log(f"wrote {figure}")
     if out is not None:
-        write_report(out, render(report, figure))
-        log(f"wrote {out}")
+        write_report(out, render(report, figure), log)
     return report
 
 

@@ -31,6 +31,7 @@ from lora.bench.timing import (
     machine_lines,
     markdown_table,
     paired_ratio,
+    pct_over,
     resolve_device,
     threads_line,
     write_report,
@@ -152,20 +153,15 @@ def run(
             worst = max(cell.overhead, key=lambda n: cell.overhead[n].median)
             log(
                 f"  base {1e3 * cell.stats[BASE].median:.1f} ms; merged LoRA "
-                f"{_pct(cell.overhead[LORA].median)}; largest: {worst} {_pct(cell.overhead[worst].median)}"
+                f"{pct_over(cell.overhead[LORA].median)}; largest: {worst} {pct_over(cell.overhead[worst].median)}"
             )
     report.seconds = time.perf_counter() - t_start
     if figure is not None:
         plot(report, figure)
         log(f"wrote {figure}")
     if out is not None:
-        write_report(out, render(report, figure))
-        log(f"wrote {out}")
+        write_report(out, render(report, figure), log)
     return report
-
-
-def _pct(ratio: float) -> str:
-    return f"{100 * (ratio - 1):+.1f}%"
 
 
 def plot(report: Figure5Report, path: Path) -> Path:
@@ -222,9 +218,11 @@ def render(report: Figure5Report, figure: Path | None = None) -> str:
     def cell_text(c: Cell, n: str) -> str:
         o = c.overhead[n]
         cpu = (
-            f"; cpu {_pct(paired_ratio(c.stats[n], c.stats[BASE], clock='cpu').median)}" if cpu_clock else ""
+            f"; cpu {pct_over(paired_ratio(c.stats[n], c.stats[BASE], clock='cpu').median)}"
+            if cpu_clock
+            else ""
         )
-        return f"{_pct(o.median)} (min {_pct(o.of_minima)}{cpu})"
+        return f"{pct_over(o.median)} (min {pct_over(o.of_minima)}{cpu})"
 
     rows = [[f"{c.batch}", f"{c.seq}", f"{1e3 * c.stats[BASE].median:,.1f}"] + [cell_text(c, n) for n in names]
             for c in report.cells]  # fmt: skip

@@ -33,6 +33,7 @@ from lora.bench.timing import (
     machine_lines,
     markdown_table,
     paired_ratio,
+    pct_over,
     resolve_device,
     set_threads,
     threads_line,
@@ -250,21 +251,16 @@ def run(
         res.cpu_overhead = {n: paired_ratio(res.stats[n], res.stats[BASE], clock="cpu") for n in others}
         for name in others:
             r, c = res.overhead[name], res.cpu_overhead[name]
-            log(f"  {name}: {_pct(r.median)} over the base model (CPU time {_pct(c.median)})")
+            log(f"  {name}: {pct_over(r.median)} over the base model (CPU time {pct_over(c.median)})")
         report.results.append(res)
     report.seconds, report.load_at_start = time.perf_counter() - t_start, load_at_start
     if out is not None:
-        write_report(out, render(report))
-        log(f"wrote {out}")
+        write_report(out, render(report), log)
     return report
 
 
-def _pct(ratio: float) -> str:
-    return f"{100 * (ratio - 1):+.1f}%"
-
-
 def _pct_range(r: Ratio) -> str:
-    return f"{_pct(r.median)} ({_pct(r.low)} to {_pct(r.high)})"
+    return f"{pct_over(r.median)} ({pct_over(r.low)} to {pct_over(r.high)})"
 
 
 def _count(n: int) -> str:
@@ -291,7 +287,7 @@ def render(report: LatencyReport) -> str:
             r, c = res.overhead.get(name), res.cpu_overhead.get(name)
             over = ["(the base)", "", ""]
             if r is not None and c is not None:
-                over = [_pct_range(r), _pct(r.of_minima), _pct_range(c)]
+                over = [_pct_range(r), pct_over(r.of_minima), _pct_range(c)]
             rows.append([
                 f"{s.name}: {s.paper_batch} x {s.paper_seq}, {_count(s.params)}", f"{s.batch} x {s.seq}", name,
                 str(res.bottleneck.get(name, "")), f"{res.params[name]:,}", st.ms(), f"{1e3 * st.median:.1f}",

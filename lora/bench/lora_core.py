@@ -230,8 +230,7 @@ def run(
     for name in (PEFT, FULL):
         log(f"peak step memory, ours / {name}: {report.memory[OURS].peak / report.memory[name].peak:.3f}")
     if out is not None:
-        write_report(out, render(report))
-        log(f"wrote {out}")
+        write_report(out, render(report), log)
     return report
 
 

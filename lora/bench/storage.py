@@ -179,8 +179,7 @@ def run(
         )
     report.seconds = time.perf_counter() - t0
     if out is not None:
-        write_report(out, render(report))
-        log(f"wrote {out}")
+        write_report(out, render(report), log)
     return report
 
 

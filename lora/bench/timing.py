@@ -255,7 +255,15 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(path: Path, text: str) -> Path:
+def write_report(path: Path, text: str, log: Callable[[str], None] | None = None) -> Path:
+    """Write a benchmark report (creating its folder) and say so through `log`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    if log is not None:
+        log(f"wrote {path}")
     return path
+
+
+def pct_over(ratio: float) -> str:
+    """A time ratio as the percentage over the reference: 1.052 -> "+5.2%"."""
+    return f"{100 * (ratio - 1):+.1f}%"

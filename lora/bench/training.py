@@ -286,8 +286,7 @@ def run(
             torch.cuda.empty_cache()
     report.seconds = time.perf_counter() - t_start
     if out is not None:
-        write_report(out, render(report))
-        log(f"wrote {out}")
+        write_report(out, render(report), log)
     return report
 
 
