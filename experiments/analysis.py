@@ -7,7 +7,7 @@ Tables 5-6 ablations on any task (lora/tables.py places only the paper's tasks, 
 
 By default the adapters are those of `make ablation-rank` records of experiment targets_qv: r=8 seed 0 (small),
 r=64 seed 0 (large) and r=64 seed 1 (other). Writes to out_dir (results/analysis): fig3_subspace.png,
-fig4_subspace_seeds.png, table7.md, subspace.md and ablations.md.
+fig4_subspace_seeds.png, table7.md, subspace.md and ablations.md (+ ablations.csv).
 """
 
 import sys
@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from lora import ablation, analysis
-from lora.cli import friendly_errors
+from lora.cli import friendly_errors, parse_options
+from lora.errors import ConfigError
 from lora.records import RecordWarning, load_records
 
 OPTIONS = {
@@ -28,13 +29,7 @@ OPTIONS = {
 
 
 def parse(argv: list[str]) -> dict[str, str]:
-    opts = dict(OPTIONS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in opts:
-            raise ValueError(f"unknown argument {arg!r}: use {' '.join(k + '=...' for k in opts)}")
-        opts[key] = value
-    return opts
+    return parse_options(argv, OPTIONS)
 
 
 def adapters(opts: dict[str, str]) -> ablation.StudyAdapters:
@@ -42,13 +37,13 @@ def adapters(opts: dict[str, str]) -> ablation.StudyAdapters:
     explicit = [opts[k] for k in ("small", "large", "other")]
     if any(explicit):
         if not all(explicit) or not opts["model"]:
-            raise ValueError("explicit adapters need all of small=DIR large=DIR other=DIR and model=NAME")
+            raise ConfigError("explicit adapters need all of small=DIR large=DIR other=DIR and model=NAME")
         small, large, other = map(Path, explicit)
         pretrained = opts["pretrained"].lower() in ("1", "true", "yes")
         return ablation.StudyAdapters(small, large, other, opts["model"], pretrained, source="explicit")
     seeds = [integer(opts, "seeds", s) for s in opts["seeds"].split(",")]
     if len(seeds) != 2:
-        raise ValueError(f"seeds={opts['seeds']!r}: give two seeds, e.g. seeds=0,1")
+        raise ConfigError(f"seeds={opts['seeds']!r}: give two seeds, e.g. seeds=0,1")
     return ablation.find_study_adapters(
         opts["runs_dir"], opts["experiment"], integer(opts, "r_small"), integer(opts, "r_large"),
         (seeds[0], seeds[1]), model=opts["model"] or None, task=opts["task"] or None,
@@ -60,7 +55,7 @@ def integer(opts: dict[str, str], key: str, value: str | None = None) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"{key}={opts[key]!r} is not an integer (e.g. {key}={OPTIONS[key] or 3})") from None
+        raise ConfigError(f"{key}={opts[key]!r} is not an integer (e.g. {key}={OPTIONS[key] or 3})") from None
 
 
 def table7_text(study: ablation.SubspaceStudy, src: ablation.StudyAdapters) -> str:
@@ -122,8 +117,7 @@ def main(argv: list[str]) -> None:
             "# Tables 5-6 on our runs\n\nMedian ±std [seeds] of the best-epoch primary metric x 100, from the "
             f"records under {opts['runs_dir']}. The paper's GPT-3 values: results/tables/table5.md, table6.md.\n\n"
         )
-        (out / "ablations.md").write_text(text + ablation.ablation_markdown(summary), encoding="utf-8")
-        written.append(out / "ablations.md")
+        written += ablation.write_report(summary, out / "ablations.md", header=text)
     for path in written:
         print(f"wrote {path}")
 

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from lora import methods
 from lora.cli import friendly_errors, method_kwargs
-from lora.models import build_model, head_parameter_names, spec
+from lora.models import build_model, default_kind, head_parameter_names
 from lora.params import count_parameters
 
 
@@ -21,7 +21,7 @@ from lora.params import count_parameters
 def main(cfg: DictConfig) -> None:
     name, kwargs = method_kwargs(cfg.method)
     method_cfg = methods.method_config(name, **kwargs)  # validates before anything is built
-    kind = "causal_lm" if spec(cfg.model.name).family in ("gpt2", "llama") else "classification"
+    kind = default_kind(cfg.model.name)
     model = build_model(cfg.model.name, kind, pretrained=False, device=cfg.device)
     report = methods.apply(model, name, method_cfg, head=head_parameter_names(model))
     counts = count_parameters(model)

@@ -27,7 +27,9 @@ import pandas as pd
 from torch import Tensor, nn
 
 from lora import analysis
-from lora.records import PRIMARY_METRIC, RunRecord, load_records, record_filename
+from lora.errors import ConfigError, InputNotFound
+from lora.records import RunRecord, load_records, record_filename
+from lora.tables import latest, records_frame
 
 TARGET_SETS: dict[str, tuple[str, ...]] = {
     "targets_q": ("q",), "targets_k": ("k",), "targets_v": ("v",), "targets_o": ("o",),
@@ -62,7 +64,7 @@ def rank_for_budget(model: str, targets: Sequence[str], budget: int) -> int:
     """The rank r at which LoRA on `targets` of `model` trains exactly `budget` parameters (linear in r)."""
     per_rank = lora_trainable(model, targets, 1)
     if budget <= 0 or budget % per_rank:
-        raise ValueError(
+        raise ConfigError(
             f"a budget of {budget:,} parameters is not a whole rank for LoRA on {list(targets)} of {model}: "
             f"one rank costs {per_rank:,}; pick a positive multiple of it"
         )
@@ -87,36 +89,28 @@ SUMMARY_COLUMNS = (
 def summarise(records: Iterable[RunRecord]) -> pd.DataFrame:
     """One row per (experiment, model, task, method, r) over the complete records: `score` = median over seeds of
     the best-epoch primary metric (lora.records.PRIMARY_METRIC, accuracy by default) x 100, `score_std` its sample
-    std (NaN for one seed), `n` and `seeds`, `trainable` (parameters, paper convention), `targets` ("q,v"; LoRA)."""
-    latest: dict[str, RunRecord] = {}
-    for rec in records:  # one record per config hash (copies of one run): the last finished
-        if rec.status == "complete" and rec.best and rec.params:
-            old = latest.get(rec.config_hash)
-            if old is None or (rec.finished or "") > (old.finished or ""):
-                latest[rec.config_hash] = rec
-    rows = []
-    for rec in latest.values():
-        metric = PRIMARY_METRIC.get(rec.task, "accuracy")
-        value = rec.best["metrics"].get(metric) if rec.best else None
-        if value is None or not math.isfinite(value):
-            continue
-        method = rec.config.get("method") if isinstance(rec.config.get("method"), dict) else {}
-        lora = rec.method == "lora"
-        rows.append({
-            "experiment": rec.experiment, "model": rec.model, "task": rec.task, "method": rec.method,
-            "targets": ",".join(method.get("targets") or []) if lora else "", "r": method.get("r") if lora else -1,
-            "trainable": rec.params["trainable"] if rec.params else -1, "metric": metric, "seed": rec.seed,
-            "value": 100.0 * value,
-        })  # fmt: skip
+    std (NaN for one seed), `n` and `seeds`, `trainable` (parameters, paper convention), `targets` ("q,v"; LoRA).
+    Reads the records through `lora.tables.records_frame` (one record per config hash: `lora.tables.latest`)."""
+    frame = latest(records_frame(list(records)))
+    frame = frame[(frame["status"] == "complete") & frame["trainable"].notna()]
+    value = [
+        frame.at[i, f"best_{m}"] if f"best_{m}" in frame else math.nan for i, m in frame["metric"].items()
+    ]
+    lora = frame["method"] == "lora"
+    rows = frame.assign(
+        value=100.0 * pd.Series(value, index=frame.index, dtype=float),
+        r=[int(r) if ok and r is not None else -1 for r, ok in zip(frame["r"], lora, strict=True)],
+        targets=frame["targets"].where(lora, ""),
+        trainable=frame["trainable"].astype(int),
+    ).dropna(subset=["value"])
     keys = ["experiment", "model", "task", "method", "targets", "r", "trainable", "metric"]
-    if not rows:
+    if rows.empty:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
     out = (
-        pd.DataFrame(rows)
-        .groupby(keys, sort=True)
+        rows.groupby(keys, sort=True)
         .agg(
             n=("value", "size"),
-            seeds=("seed", lambda s: sorted(s)),
+            seeds=("seed", lambda s: sorted(int(x) for x in s)),
             score=("value", "median"),
             score_std=("value", lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else math.nan),
         )
@@ -152,6 +146,18 @@ def ablation_markdown(summary: pd.DataFrame) -> str:
             lines.append(f"| {_weights(exp)} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
+
+
+def write_report(summary: pd.DataFrame, path: str | os.PathLike[str], header: str = "") -> list[Path]:
+    """Write `header` + `ablation_markdown(summary)` to `path` (e.g. results/analysis/ablations.md) and the summary
+    itself beside it as CSV (same name, .csv; seeds space-separated); returns both paths."""
+    md = Path(path)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(header + ablation_markdown(summary), encoding="utf-8")
+    csv = md.with_suffix(".csv")
+    table = summary.assign(seeds=[" ".join(map(str, s)) for s in summary["seeds"]])
+    table.to_csv(csv, index=False)
+    return [md, csv]
 
 
 def _weights(experiment: str) -> str:
@@ -208,7 +214,7 @@ def find_study_adapters(
     of `experiment`, on the one (model, task) that has all three (pick with model=/task= if several do).
     FileNotFoundError (one line, naming the make target that produces them) when any is missing."""
     if not 0 < r_small < r_large or seeds[0] == seeds[1]:
-        raise ValueError(
+        raise ConfigError(
             f"need 0 < r_small < r_large and two different seeds, got {r_small}, {r_large}, {seeds}"
         )
     make = (
@@ -219,7 +225,7 @@ def find_study_adapters(
     try:
         records = load_records(runs_dir)
     except FileNotFoundError:
-        raise FileNotFoundError(f"no run records: {str(runs_dir)!r} does not exist; {hint}") from None
+        raise InputNotFound(f"no run records: {str(runs_dir)!r} does not exist; {hint}") from None
     need = {(r_small, seeds[0]): "small", (r_large, seeds[0]): "large", (r_large, seeds[1]): "other"}
     found: dict[tuple[str, str], dict[str, RunRecord]] = {}
     for rec in sorted(records, key=lambda x: x.finished or ""):  # the last finished wins
@@ -237,15 +243,17 @@ def find_study_adapters(
             f"r={r} seed {s}" for (r, s), role in need.items() if not any(role in v for v in found.values())
         ]
         what = ", ".join(missing) or "one set of all three on a single model and task"
-        raise FileNotFoundError(f"no complete {where} records with {what} under {runs_dir}; {hint}")
+        raise InputNotFound(f"no complete {where} records with {what} under {runs_dir}; {hint}")
     if len(complete) > 1:
         options = ", ".join(f"model={m} task={t}" for m, t in sorted(complete))
-        raise ValueError(f"records of several runs match {where} ({options}); pick one with model= and task=")
+        raise ConfigError(
+            f"records of several runs match {where} ({options}); pick one with model= and task="
+        )
     (mdl, tsk), recs = next(iter(complete.items()))
     dirs = {role: adapter_dir(rec, root) for role, rec in recs.items()}
     for role, d in dirs.items():
         if not (d / "adapter.safetensors").is_file():
-            raise FileNotFoundError(
+            raise InputNotFound(
                 f"the adapter of {recs[role].source or recs[role].experiment} is missing ({d}); rerun that run "
                 f"with save_adapter=true force=true added to its overrides (EXTRA= of `{make}`)"
             )
@@ -267,7 +275,7 @@ def base_matrix(model: nn.Module, role: str, layer: int) -> tuple[str, Tensor]:
 
     sites = resolve_sites(model, [role], [layer])
     if len(sites) != 1:
-        raise ValueError(f"role {role!r} is {len(sites)} matrices in this model; pick one of q, k, v, o")
+        raise ConfigError(f"role {role!r} is {len(sites)} matrices in this model; pick one of q, k, v, o")
     (path, uses), = sites.items()  # fmt: skip
     module = get_module(model, path)
     W = module.weight.detach()
@@ -302,7 +310,7 @@ def _adapter(directory: Path) -> tuple[dict[str, tuple[Tensor, Tensor]], int, fl
     """LoRA factors of a saved adapter, its rank r and scaling alpha / r (adapter_config.json)."""
     cfg_path = directory / "adapter_config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"no adapter at {directory}: adapter_config.json is missing")
+        raise InputNotFound(f"no adapter at {directory}: adapter_config.json is missing")
     cfg = json.loads(cfg_path.read_text())["config"]
     return (
         analysis.load_adapter_factors(directory / "adapter.safetensors"),
@@ -315,7 +323,7 @@ def _factor(factors: dict[str, tuple[Tensor, Tensor]], path: str, directory: Pat
     """The factors whose name ends with the backbone-relative `path` (the adapter was saved with a task head)."""
     hits = [k for k in factors if k == path or k.endswith("." + path)]
     if len(hits) != 1:
-        raise ValueError(
+        raise ConfigError(
             f"adapter {directory} has {len(hits)} LoRA modules matching {path!r}; was it trained on q, v?"
         )
     return factors[hits[0]]
@@ -333,11 +341,11 @@ def subspace_study(
     n_layers = len(layer_list(base)[1])
     layer = n_layers // 2 if layer is None else layer
     if not 0 <= layer < n_layers:
-        raise ValueError(f"layer={layer} is out of range: {adapters.model} has layers 0..{n_layers - 1}")
+        raise ConfigError(f"layer={layer} is out of range: {adapters.model} has layers 0..{n_layers - 1}")
     (small, r_s, sc_s), (large, r_l, sc_l) = _adapter(adapters.small), _adapter(adapters.large)
     other, r_o, _ = _adapter(adapters.other)
     if not r_s < r_l == r_o:
-        raise ValueError(f"need r_small < r_large on both seeds; the adapters have r = {r_s}, {r_l}, {r_o}")
+        raise ConfigError(f"need r_small < r_large on both seeds; the adapters have r = {r_s}, {r_l}, {r_o}")
     study = SubspaceStudy(adapters.model, layer, n_layers, r_s, r_l)
     zoom = {}
     for role in roles:

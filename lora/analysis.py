@@ -21,6 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
+from lora.errors import ConfigError, InputNotFound
+
 # Table 7 (layer 48 of GPT-3 175B, W_q): ||U^T W_q V||_F for U, V from dW_q / W_q / random; the norms; the factor
 # ||dW_q||_F / proj_dW quoted in Sec. 7.3 ("21.5 = 6.91/0.32" for r=4, "only around 2" for r=64). Reference only.
 TABLE7_KEYS = ("proj_dW", "proj_W", "proj_random", "norm_W", "norm_dW", "amplification")
@@ -34,7 +36,7 @@ _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?:\.(?P<slice>[^.
 def _f64(x: Tensor | np.ndarray, name: str = "input") -> Tensor:
     t = torch.as_tensor(x).detach().to(torch.float64)
     if t.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(t.shape)}")
+        raise ConfigError(f"{name} must be a 2-D matrix, got shape {tuple(t.shape)}")
     return t
 
 
@@ -46,7 +48,7 @@ def right_singular_vectors(A: Tensor) -> Tensor:
 
 def _bases(A1: Tensor, A2: Tensor) -> tuple[Tensor, Tensor]:
     if A1.ndim != 2 or A2.ndim != 2 or A1.shape[-1] != A2.shape[-1]:
-        raise ValueError(
+        raise ConfigError(
             f"A1 {tuple(A1.shape)} and A2 {tuple(A2.shape)} must both be (r, d_in) with the same d_in; "
             "pass the lora_A factors of the same weight matrix"
         )
@@ -55,7 +57,7 @@ def _bases(A1: Tensor, A2: Tensor) -> tuple[Tensor, Tensor]:
 
 def _check_k(k: int, U: Tensor, name: str, which: str) -> None:
     if not 1 <= k <= U.shape[1]:
-        raise ValueError(
+        raise ConfigError(
             f"{name}={k} is out of range for {which} of rank {U.shape[1]}; use 1 <= {name} <= {U.shape[1]}"
         )
 
@@ -97,7 +99,7 @@ def delta_weight(A: Tensor, B: Tensor, scaling: float = 1.0) -> Tensor:
     """dW = B @ A * scaling (Sec. 4.1): A (r, d_in), B (d_out, r) -> (d_out, d_in) in float64."""
     A64, B64 = _f64(A, "A"), _f64(B, "B")
     if B64.shape[1] != A64.shape[0]:
-        raise ValueError(
+        raise ConfigError(
             f"B {tuple(B64.shape)} and A {tuple(A64.shape)} disagree on the rank r; expected B (d_out, r)"
         )
     return B64 @ A64 * scaling
@@ -121,11 +123,11 @@ def amplification(W: Tensor, dW: Tensor, r: int, seed: int = 0) -> dict[str, flo
     """
     W64, dW64 = _f64(W, "W"), _f64(dW, "dW")
     if W64.shape != dW64.shape:
-        raise ValueError(
+        raise ConfigError(
             f"W {tuple(W64.shape)} and dW {tuple(dW64.shape)} must have the same (d_out, d_in) shape"
         )
     if not 1 <= r <= min(W64.shape):
-        raise ValueError(
+        raise ConfigError(
             f"r={r} is out of range for a {tuple(W64.shape)} matrix; use 1 <= r <= {min(W64.shape)}"
         )
 
@@ -151,18 +153,18 @@ def lora_factors(state_dict: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Te
             name = m["module"] + (f".{m['slice']}" if m["slice"] else "")
             parts.setdefault(name, {})[m["which"]] = value
     if not parts:
-        raise ValueError(
+        raise ConfigError(
             f"no '.lora_A'/'.lora_B' keys among {len(state_dict)} keys (e.g. {list(state_dict)[:3]})"
         )
     out = {}
     for name, ab in sorted(parts.items()):
         if set(ab) != {"A", "B"}:
-            raise ValueError(
+            raise ConfigError(
                 f"adapter '{name}' has lora_{''.join(ab)} but not its pair; the checkpoint is incomplete"
             )
         A, B = ab["A"], ab["B"]
         if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
-            raise ValueError(
+            raise ConfigError(
                 f"adapter '{name}': A {tuple(A.shape)} and B {tuple(B.shape)} are not (r, d_in), (d_out, r)"
             )
         out[name] = (A, B)
@@ -174,16 +176,14 @@ def load_adapter_factors(path: str | Path) -> dict[str, tuple[Tensor, Tensor]]:
     from safetensors.torch import load_file
 
     if not Path(path).is_file():
-        raise FileNotFoundError(
-            f"adapter file {path} does not exist; pass a .safetensors written by training"
-        )
+        raise InputNotFound(f"adapter file {path} does not exist; pass a .safetensors written by training")
     return lora_factors(load_file(str(path)))
 
 
 def plot_similarity_heatmaps(grids: Mapping[str, np.ndarray], path: str | Path, title: str = "") -> Path:
     """Side-by-side phi heatmaps as in Figs. 3-4 (row i, column j, 1-based; colour 0..1; one colorbar); writes a PNG."""
     if not grids:
-        raise ValueError("grids is empty; pass {panel title: similarity_grid(...)}")
+        raise ConfigError("grids is empty; pass {panel title: similarity_grid(...)}")
     fig = Figure(figsize=(3.2 * len(grids) + 1.0, 3.4), layout="constrained")
     axes = fig.subplots(1, len(grids), squeeze=False)[0]
     for ax, (name, grid) in zip(axes, grids.items(), strict=True):

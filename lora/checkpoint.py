@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lora import methods
+from lora.errors import ConfigError, InputNotFound
 from lora.methods.base import Injection
 from lora.methods.lora import FusedLoRA, LoRAConfig, LoRALinear, lora_modules
 from lora.models import head_parameter_names
@@ -87,13 +88,13 @@ def save_adapter(
 def read_adapter_config(directory: str | os.PathLike) -> dict[str, Any]:
     path = Path(directory) / CONFIG
     if not path.is_file():
-        raise FileNotFoundError(f"no adapter at {directory}: {CONFIG} is missing")
+        raise InputNotFound(f"no adapter at {directory}: {CONFIG} is missing")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise ConfigError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an adapter written by this suite (format {meta.get('format')!r})")
+        raise ConfigError(f"{path} is not an adapter written by this suite (format {meta.get('format')!r})")
     return meta
 
 
@@ -103,22 +104,27 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except FileNotFoundError:
-        raise FileNotFoundError(f"adapter weights not found: {path}") from None
+        raise InputNotFound(f"adapter weights not found: {path}") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+        raise ConfigError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
 
 
-def load_adapter(model: nn.Module, directory: str | os.PathLike, head: bool = True) -> Injection:
+def load_adapter(
+    model: nn.Module, directory: str | os.PathLike, head: bool = True, assign: bool = False
+) -> Injection:
     """Inject the saved method into `model` (unless it already carries it) and load the saved weights.
 
     head=False skips the task head (e.g. starting MRPC from an MNLI adapter, whose head has 3 labels).
+    assign=True puts the saved tensors themselves in place of the parameters instead of copying into them: this
+    loads into a model built on the `meta` device (`lora.export` reads a LoRA run's factors that way, without the
+    base weights).
     A checkpoint from another architecture or size is a clear error, before anything is changed.
     """
     meta = read_adapter_config(directory)
     tensors = read_tensors(Path(directory) / WEIGHTS)
     ours, theirs = _model_signature(model), meta["model"]
     if ours != theirs:
-        raise ValueError(
+        raise ConfigError(
             f"adapter at {directory} was trained on a {theirs.get('model_type')} model of width "
             f"{theirs.get('hidden_size')} with {theirs.get('num_layers')} layers; this is a {ours['model_type']} "
             f"model of width {ours['hidden_size']} with {ours['num_layers']} layers; pass an adapter trained on "
@@ -138,12 +144,15 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, head: bool = Tr
         report = Injection(method=method, trainable=list(meta["trainable"]))
     for n in names:
         if n not in params:
-            raise ValueError(f"adapter at {directory} has parameter {n!r}, which this model does not have")
+            raise ConfigError(f"adapter at {directory} has parameter {n!r}, which this model does not have")
         if tuple(params[n].shape) != tuple(tensors[n].shape):
-            raise ValueError(
+            raise ConfigError(
                 f"adapter at {directory}: {n} has shape {tuple(tensors[n].shape)} but the model's is "
                 f"{tuple(params[n].shape)} (trained on another model size?)"
             )
+    if assign:
+        model.load_state_dict({n: tensors[n] for n in names}, strict=False, assign=True)
+        return report
     with torch.no_grad():
         for n in names:
             params[n].copy_(tensors[n])
@@ -156,9 +165,12 @@ def export_peft(
     """Write our LoRA weights as a peft adapter (`adapter_config.json` + `adapter_model.safetensors`) that
     `peft.PeftModel.from_pretrained` loads to the same outputs.
 
-    GPT-2's per-slice q/v LoRA becomes the exactly equivalent rank-2r LoRA over the whole `c_attn`: A stacked
-    [A_q; A_v] (2r, d), B block-structured (3d, 2r) with B_q in the q rows and B_v in the v rows, and alpha doubled so
-    that alpha/r, the scaling, is unchanged.
+    peft has no per-slice LoRA on a fused projection, so k adapted slices of one (GPT-2 `c_attn`, Phi-3 `qkv_proj`
+    and `gate_up_proj`) become the exactly equivalent rank-(k r) LoRA over the whole module (`FusedLoRA.stacked`):
+    GPT-2's q/v LoRA is A stacked [A_q; A_v] (2r, d), B block-structured (3d, 2r) with B_q in the q rows and B_v in
+    the v rows; on Phi-3 under GQA the q rows are wider than the v rows, each at its own offset. Each such module
+    gets rank k r and alpha k alpha in `rank_pattern` / `alpha_pattern`, so that alpha/r, the scaling, is unchanged.
+    `base_model`: the hub id or local path the model came from (`base_model_name_or_path`).
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,14 +184,11 @@ def export_peft(
         if isinstance(m, LoRALinear):
             a, b = m.lora_A.detach(), m.lora_B.detach()
         elif isinstance(m, FusedLoRA):
-            names = list(m.lora_A.keys())
-            a = torch.cat([m.lora_A[n].detach() for n in names], dim=0)
-            b = a.new_zeros(m.out_features, a.shape[0])
-            for i, (s, n) in enumerate(zip(m.slices, names, strict=True)):
-                b[s * m.width : (s + 1) * m.width, i * m.r : (i + 1) * m.r] = m.lora_B[n].detach()
-            if len(names) > 1:
+            with torch.no_grad():
+                a, b = m.stacked()  # B: each slice's rows at its own offset and width (unequal under GQA)
+            if len(m.slices) > 1:
                 ranks[path] = a.shape[0]
-                alphas[path] = cfg.alpha * len(names)
+                alphas[path] = cfg.alpha * len(m.slices)
         else:  # pragma: no cover
             raise TypeError(type(m))
         tensors[f"{key}.lora_A.weight"] = a.cpu().contiguous()

@@ -2,7 +2,8 @@
 
 A bad input ends a command with ONE line on stderr, `error: <what is wrong and how to fix it>`, and exit code 2:
 
-- `friendly_errors` does it for errors raised by the command itself (a bad config value, missing data, ...);
+- `friendly_errors` does it for the `lora.errors.UserError`s raised by the command itself (a bad config value,
+  missing data, ...); any other exception is a bug and keeps its traceback (exit code 1);
 - `hydra_main` (a drop-in for `hydra.main`) also does it for Hydra's own composition errors (unknown config
   group option such as `model=foo`, misspelt key, wrong type), which Hydra prints over several lines.
 
@@ -23,7 +24,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, RuntimeError, KeyError, TypeError)
+from lora.errors import ConfigError, UserError
+
+USER_ERRORS = (UserError,)
 # Set by `hydra_main` while it runs: the HYDRA_FULL_ERROR=1 in the environment is ours (it makes Hydra raise
 # instead of printing), not the user's request for tracebacks. Environment, so that launcher subprocesses see it.
 _OURS = "LORA_CLI_HYDRA_RAISES"
@@ -89,6 +92,11 @@ def hydra_message(e: BaseException) -> str:
     msg = ": ".join(p.rstrip(".") for p in parts)
     if "Could not override" in msg or "not in" in msg:
         msg += f"; check the spelling (`python {sys.argv[0]} --cfg job` prints every key)"
+    if "LexerNoViableAlt" in msg or "mismatched input" in msg or "token recognition error" in msg:
+        msg += (
+            "; Hydra's override grammar takes spaces, non-ASCII and special characters only inside quotes: "
+            "write key='\"value\"' (e.g. data_dir='\"/data/glué\"')"
+        )
     return msg
 
 
@@ -138,11 +146,23 @@ def hydra_main(
     return decorate
 
 
+def parse_options(argv: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`key=value` arguments of the small entry points (tables, status, analysis, export) over `defaults`; an
+    unknown key is a one-line ConfigError listing the known ones."""
+    opts = dict(defaults)
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in opts:
+            raise ConfigError(f"unknown argument {arg!r}: use {' '.join(k + '=...' for k in opts)}")
+        opts[key] = value
+    return opts
+
+
 def method_kwargs(method: DictConfig) -> tuple[str, dict[str, Any]]:
     """Split the `method` config group into its name and the options of its config dataclass."""
     d = OmegaConf.to_container(method, resolve=True)
     assert isinstance(d, dict)
     name = d.pop("name", None)
     if not name:
-        raise ValueError("the method config has no `name`; pick one with method=<name>")
+        raise ConfigError("the method config has no `name`; pick one with method=<name>")
     return str(name), d

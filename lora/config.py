@@ -17,44 +17,97 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lora import methods
+from lora.errors import ConfigError
 
 TASK_KINDS = ("glue", "nlg")
-LOGGERS = ("none", "csv", "wandb")
+REFERENCES = ("paper", "official")
+SELECT = ("both", "best", "last")
+PROTOCOLS = ("code", "paper")
+LOGGERS = ("none", "csv", "wandb", "tensorboard")
 
 
 def _by(key: str, table: Any) -> Any:
     """`${by:<key>,{k1: v1, ...}}`: the entry of `table` for `key` (e.g. the learning rate of the current task)."""
     if key not in table:
-        raise ValueError(f"no value for {key!r} in {dict(table)}; set it explicitly on the command line")
+        raise ConfigError(f"no value for {key!r} in {dict(table)}; set it explicitly on the command line")
     return table[key]
+
+
+def _mul(a: Any, b: Any) -> Any:
+    """`${mul:a,b}`: a x b (e.g. a per-process batch times the released scripts' 8 processes)."""
+    return a * b
 
 
 if not OmegaConf.has_resolver("by"):
     OmegaConf.register_new_resolver("by", _by)
+if not OmegaConf.has_resolver("mul"):
+    OmegaConf.register_new_resolver("mul", _mul)
 
 
 @dataclass
 class ModelConfig:
-    """name: a model of `lora.models.MODELS`; pretrained=false builds it from config with random weights;
-    path: a local checkpoint directory instead of the hub."""
+    """Which model a run adapts (`lora.models.resolve` reads these).
 
-    name: str = MISSING
+    name: a registered model of `lora.models.MODELS` (`model=<name>`, conf/model/), or null for any Hugging Face
+    model given by `hub` or `path` (`model=hf model.hub=<id>`, `model=hf model.path=<dir>`), whose family is read
+    from its config.json and must be supported (`lora.architectures.ARCHITECTURES`: else a one-line error).
+    hub: a hub id. path: a local directory written by save_pretrained; it wins whenever it is given (with a
+    registered name it must hold a model of that name's family: a local copy of it). `label` is what the run record
+    calls the model: the name, else the hub id, else the directory's name.
+    pretrained=false builds it from config with random weights; trust_remote_code: allow a checkpoint's own code;
+    dropout: every dropout probability of the backbone (attention, residual, embedding:
+    `lora.models.BACKBONE_DROPOUTS`), null = the checkpoint's own. The task head's dropout is `train.cls_dropout`;
+    LoRA's own is `method.dropout`."""
+
+    name: str | None = MISSING
+    hub: str | None = None
     pretrained: bool = True
     path: str | None = None
     trust_remote_code: bool = False
+    dropout: float | None = None
 
     def __post_init__(self) -> None:
-        from lora.models import MODELS
+        from lora.models import resolve
 
-        if self.name != MISSING and self.name not in MODELS:
-            raise ValueError(f"unknown model {self.name!r}: choose from {', '.join(MODELS)}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout={self.dropout!r} is out of range: give a probability in [0, 1)")
+        if self.name == MISSING:  # the schema's own default, before a model is chosen
+            return
+        # Offline checks only: a hub id given alone is read from the hub when the model is built, and `model=hf`
+        # with neither hub nor path is refused by `resolve()` before anything is built.
+        if self.name is not None or self.path is not None:
+            resolve(self.name, hub=self.hub, path=self.path)
+
+    @property
+    def label(self) -> str:
+        """The model's name in run records: the registered name, else the hub id, else the directory's name."""
+        from pathlib import Path
+
+        if self.name not in (None, MISSING):
+            return str(self.name)
+        if self.hub is None and self.path is None:
+            self.resolve()  # raises: no model given
+        return self.hub or Path(str(self.path)).expanduser().resolve().name
+
+    def resolve(self) -> Any:
+        """The `lora.models.ModelSpec` of this model (reads a hub model's config.json from the hub)."""
+        from lora.models import resolve
+
+        return resolve(self.name, hub=self.hub, path=self.path)
 
 
 @dataclass
 class TaskConfig:
     """name: task (GLUE: cola sst2 mrpc stsb qqp mnli qnli rte; polarity; NLG: e2e webnlg dart); kind: glue or nlg;
     max_*_samples: subsample for quick runs (None = all). Generation tasks are scored after training by decoding
-    `decode_split` with beam search (num_beams, length_penalty, no_repeat_ngram_size, max_new_tokens)."""
+    `decode_split` with beam search (num_beams, length_penalty, no_repeat_ngram_size, max_new_tokens).
+
+    As the released decoder (microsoft/LoRA examples/NLG/src/gpt2_beam.py, gpt2_decode.py): a beam ends at the end
+    token or, with `stop_at_blank_line`, at a blank line (GPT-2's token 628, "\\n\\n"), and the text is cut at the
+    first blank line. `references`: `paper` scores E2E against the references as the paper's own data files write
+    them (`e2e/lora_format/{valid,test}.txt`, falling back to the csv when absent); `official` re-tokenises the
+    official csv. `select`: which checkpoints are decoded: `last` (the released README decodes the final one),
+    `best` (lowest plain validation loss, the paper's text), or `both` (the tables then choose; see lora.tables)."""
 
     name: str = MISSING
     kind: str = "glue"
@@ -67,26 +120,39 @@ class TaskConfig:
     length_penalty: float = 0.9
     no_repeat_ngram_size: int = 4
     max_new_tokens: int = 64
+    stop_at_blank_line: bool = True
+    references: str = "paper"
+    select: str = "both"
 
     def __post_init__(self) -> None:
+        if self.references not in REFERENCES:
+            raise ConfigError(f"task.references must be one of {REFERENCES}, got {self.references!r}")
+        if self.select not in SELECT:
+            raise ConfigError(f"task.select must be one of {SELECT}, got {self.select!r}")
         if self.kind not in TASK_KINDS:
-            raise ValueError(f"task.kind must be one of {TASK_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"task.kind must be one of {TASK_KINDS}, got {self.kind!r}")
         if self.decode_split not in ("train", "validation", "test"):
-            raise ValueError(
+            raise ConfigError(
                 f"task.decode_split must be train, validation or test, got {self.decode_split!r}"
             )
         if self.num_beams <= 0 or self.max_new_tokens <= 0 or self.no_repeat_ngram_size < 0:
-            raise ValueError("task.num_beams and task.max_new_tokens must be > 0, no_repeat_ngram_size >= 0")
+            raise ConfigError("task.num_beams and task.max_new_tokens must be > 0, no_repeat_ngram_size >= 0")
         for k in ("max_train_samples", "max_eval_samples", "max_decode_samples"):
             v = getattr(self, k)
             if v is not None and v <= 0:
-                raise ValueError(f"task.{k} must be a positive number of examples or null, got {v}")
+                raise ConfigError(f"task.{k} must be a positive number of examples or null, got {v}")
 
 
 @dataclass
 class TrainConfig:
     """AdamW with linear decay after warmup (Appendix D). epochs may be fractional; max_steps > 0 overrides it;
-    max_steps = 0 trains nothing and only evaluates (the unadapted baseline)."""
+    max_steps = 0 trains nothing and only evaluates (the unadapted baseline).
+
+    batch_size is the GLOBAL batch: examples per optimizer step over all processes and accumulation steps. The
+    per-process batch is batch_size / (world size x grad_accum) and must divide evenly; a run records both.
+    Optimizer: AdamW (betas, epsilon), gradient clipping at max_grad_norm (0 = none). transformers' Trainer
+    exempts biases and LayerNorm weights from weight decay; decay_bias_and_norm=true decays every trainable
+    parameter, as the released NLG trainer does (examples/NLG/src/optimizer.py, no `--no_decay_bias`)."""
 
     batch_size: int = 16
     eval_batch_size: int = 64
@@ -98,6 +164,11 @@ class TrainConfig:
     warmup_steps: int = 0
     max_length: int = 128
     grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    decay_bias_and_norm: bool = False
     label_smoothing: float = 0.0
     cls_dropout: float | None = None
     bf16: bool = False
@@ -117,6 +188,10 @@ class TrainConfig:
             "warmup_steps": self.warmup_steps >= 0,
             "max_length": self.max_length > 0,
             "grad_accum": self.grad_accum > 0,
+            "max_grad_norm": self.max_grad_norm >= 0,
+            "adam_beta1": 0 <= self.adam_beta1 < 1,
+            "adam_beta2": 0 <= self.adam_beta2 < 1,
+            "adam_epsilon": self.adam_epsilon > 0,
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "logging_steps": self.logging_steps > 0,
         }
@@ -124,12 +199,14 @@ class TrainConfig:
             checks["cls_dropout"] = 0 <= self.cls_dropout < 1
         for k, ok in checks.items():
             if not ok:
-                raise ValueError(f"train.{k}={getattr(self, k)!r} is out of range")
+                raise ConfigError(f"train.{k}={getattr(self, k)!r} is out of range")
 
 
 @dataclass
 class LoggerConfig:
-    """name: none, csv (a metrics.csv in the run directory) or wandb (offline unless mode=online)."""
+    """name: none, csv (a metrics.csv in the run directory), wandb (one wandb run per training run, offline unless
+    mode=online; project and mode win over WANDB_PROJECT / WANDB_MODE) or tensorboard (<run dir>/tensorboard).
+    See lora.loggers."""
 
     name: str = "none"
     project: str = "lora-suite"
@@ -137,15 +214,17 @@ class LoggerConfig:
 
     def __post_init__(self) -> None:
         if self.name not in LOGGERS:
-            raise ValueError(f"unknown logger {self.name!r}: choose from {', '.join(LOGGERS)}")
+            raise ConfigError(f"unknown logger {self.name!r}: choose from {', '.join(LOGGERS)}")
         if self.mode not in ("offline", "online", "disabled"):
-            raise ValueError(f"logger.mode must be offline, online or disabled, got {self.mode!r}")
+            raise ConfigError(f"logger.mode must be offline, online or disabled, got {self.mode!r}")
 
 
 @dataclass
 class Config:
     """One run. `experiment` names the paper row it reproduces; `init_from` starts from a saved adapter (a
-    directory, or `best:<experiment>/<task>` for the best complete record of that row, e.g. MNLI for MRPC)."""
+    directory, or `best:<experiment>/<task>` for the best complete record of that row, e.g. MNLI for MRPC).
+    `protocol`: where the paper's text and its released code disagree, experiment files follow the code
+    (`code`, default) or the text (`paper`), e.g. RoBERTa-base LoRA's alpha (scripts 16, Table 9 8)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -161,6 +240,11 @@ class Config:
     save_adapter: bool = True
     force: bool = False
     device: str = "auto"
+    protocol: str = "code"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
 
 
 def register() -> None:
@@ -187,13 +271,13 @@ def validate(cfg: DictConfig) -> RunSpec:
         raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as e:  # omegaconf raises several types; all are config errors here
         msg = str(e).splitlines()[0]
-        raise ValueError(f"invalid config: {msg}") from None
+        raise ConfigError(f"invalid config: {msg}") from None
     assert isinstance(raw, dict)
     raw.pop("hydra", None)
     method = dict(raw.get("method") or {})
     name = method.pop("name", None)
     if not name:
-        raise ValueError("no method selected: add method=<name> (e.g. method=lora)")
+        raise ConfigError("no method selected: add method=<name> (e.g. method=lora)")
     method_cfg = methods.method_config(name, **method)
     typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), {k: v for k, v in raw.items()}))
     assert isinstance(typed, Config)

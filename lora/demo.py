@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from lora import records
+from lora.errors import InputNotFound
 
 ORDER = ("full", "bitfit", "adapter_h", "adapter_p", "prefix_embed", "lora")
 LABELS = {
@@ -23,7 +24,7 @@ LABELS = {
 def _newest(runs_dir: str | Path, experiment: str, target: str) -> dict[str, records.RunRecord]:
     """The newest complete record of `experiment` per method."""
     if not Path(runs_dir).is_dir():
-        raise FileNotFoundError(f"no demo records: {runs_dir} does not exist: run `{target}`")
+        raise InputNotFound(f"no demo records: {runs_dir} does not exist: run `{target}`")
     newest: dict[str, records.RunRecord] = {}
     for r in records.load_records(runs_dir):
         if r.experiment != experiment or r.status != "complete":
@@ -31,7 +32,7 @@ def _newest(runs_dir: str | Path, experiment: str, target: str) -> dict[str, rec
         if r.method not in newest or (r.finished or "") > (newest[r.method].finished or ""):
             newest[r.method] = r
     if not newest:
-        raise FileNotFoundError(f"no complete {experiment} records under {runs_dir}: run `{target}`")
+        raise InputNotFound(f"no complete {experiment} records under {runs_dir}: run `{target}`")
     return newest
 
 

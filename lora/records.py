@@ -12,11 +12,14 @@ run, median over seeds; Appendix D.1), and where it ran (`env`). Schema version 
      "memory": {"peak_bytes": int, "kind": "cuda_allocated|cpu_rss"},
      "time": {"train_s", "eval_s", "samples_per_s"}  (floats),
      "epochs": [{"epoch", "step", "metrics": {...}, "train_loss"}], "best": {"epoch", "metrics": {...}},
+     "last": {"epoch", "metrics": {...}} (the final epoch; NLG: with the scores of decoding it),
+     "effective": {"batch": {...}, "dropout": {...}, "optimizer": {...}, "decode": {...}} (what the run used),
      "targets": [wrapped module paths],
      "env": {"git", "dirty", "python", "torch", "transformers", "peft", "device", "hostname"},
      "started": iso8601, "finished": iso8601|null}
 
-`params`, `memory`, `time` and `best` may be null while a run is `running` or when it ended badly; a
+`best` is the best epoch (GLUE: highest primary metric; NLG: lowest plain validation loss, with the scores of
+decoding that checkpoint). `params`, `memory`, `time`, `best`, `last` and `effective` may be null while a run is `running` or when it ended badly; a
 `complete` record has them all, and a `diverged|oom|failed` record has a `reason`. Metric values are
 fractions on the official scales (BLEU 0.704, not 70.4), or null for a non-finite value. Files are written
 atomically, so a crash never leaves a half-written record; a sweep calls `find_complete(dir,
@@ -26,12 +29,14 @@ config_hash(cfg))` to skip finished runs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -43,6 +48,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypedDict
+
+from lora.errors import ConfigError, InputNotFound
 
 SCHEMA_VERSION = 1
 STATUSES: tuple[str, ...] = ("running", "complete", "diverged", "oom", "failed")
@@ -57,7 +64,7 @@ GLUE_METRICS: tuple[str, ...] = (
 NLG_METRICS: tuple[str, ...] = ("bleu", "nist", "meteor", "rouge_l", "cider", "ter")
 SUBSETS: tuple[str, ...] = ("", "_seen", "_unseen")
 METRIC_KEYS: frozenset[str] = frozenset(
-    (*GLUE_METRICS, "eval_loss", *(m + s for m in NLG_METRICS for s in SUBSETS))
+    (*GLUE_METRICS, "eval_loss", "eval_loss_smoothed", *(m + s for m in NLG_METRICS for s in SUBSETS))
 )
 
 # The metric that picks the best epoch and fills the tables (paper Tables 2, 3, 13, 14).
@@ -75,7 +82,7 @@ IGNORED_KEYS: frozenset[str] = frozenset({
 
 _ORDER: tuple[str, ...] = (
     "schema", "status", "reason", "config", "config_hash", "experiment", "model", "task", "method", "seed",
-    "params", "memory", "time", "epochs", "best", "targets", "env", "started", "finished",
+    "params", "memory", "time", "epochs", "best", "last", "effective", "targets", "env", "started", "finished",
 )  # fmt: skip
 _ENV_KEYS: tuple[str, ...] = ("git", "dirty", "python", "torch", "transformers", "peft", "device", "hostname")
 
@@ -131,6 +138,8 @@ class RunRecord:
     time: Timing | None = None
     epochs: list[Epoch] = field(default_factory=list)
     best: Best | None = None
+    last: Best | None = None
+    effective: dict[str, Any] | None = None
     targets: list[str] = field(default_factory=list)
     finished: str | None = None
     schema: int = SCHEMA_VERSION
@@ -165,7 +174,7 @@ class RunRecord:
     def finish(self, status: str, reason: str | None = None) -> None:
         """Close the record: set `status`, `reason` and the `finished` time."""
         if status not in STATUSES or status == "running":
-            raise ValueError(f"finish() needs a final status, one of {STATUSES[1:]}; got {status!r}")
+            raise ConfigError(f"finish() needs a final status, one of {STATUSES[1:]}; got {status!r}")
         self.status, self.reason, self.finished = status, reason, now()
 
 
@@ -192,9 +201,9 @@ def best_epoch(epochs: list[Epoch], metric: str, mode: str = "max") -> Best:
     """The epoch with the highest (`mode="max"`) or lowest (`"min"`, e.g. eval_loss) finite `metric`."""
     scored = [e for e in epochs if _is_real(e["metrics"].get(metric)) and math.isfinite(e["metrics"][metric])]
     if not scored:
-        raise ValueError(f"no epoch has a finite {metric!r}; epochs carry {sorted({*_keys(epochs)})}")
+        raise ConfigError(f"no epoch has a finite {metric!r}; epochs carry {sorted({*_keys(epochs)})}")
     if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}")
     pick = (max if mode == "max" else min)(scored, key=lambda e: e["metrics"][metric])
     return {"epoch": pick["epoch"], "metrics": dict(pick["metrics"])}
 
@@ -209,9 +218,18 @@ def config_hash(cfg: Mapping[str, Any], ignore: Iterable[str] = IGNORED_KEYS) ->
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
+# Libraries whose version can move a score, recorded in `env` beside torch / transformers / peft: the data
+# pipeline (datasets, tokenizers), the metric code (sacrebleu, pycocoevalcap; scipy / scikit-learn for GLUE) and
+# the training loop (accelerate, numpy). None where a package is not installed (e.g. without the `nlg` extra).
+SCORE_PACKAGES: tuple[str, ...] = (
+    "datasets", "tokenizers", "accelerate", "numpy", "scipy", "scikit-learn", "sacrebleu", "pycocoevalcap",
+)  # fmt: skip
+
+
 def env_info(device: Any = None) -> dict[str, Any]:
     """Where the run happens: git commit and dirty flag of the checkout holding this package (None outside a
-    git checkout; untracked files do not count as dirty), Python and package versions, device and hostname.
+    git checkout; untracked files do not count as dirty), Python and package versions (`SCORE_PACKAGES` too),
+    the Java that METEOR 1.5 and the PTB tokenizer run on (`java_version`), device and hostname.
 
     device: a `torch.device` or string; default: "cuda" when available, else "cpu". CUDA devices are named
     "cuda:<GPU name>", e.g. "cuda:NVIDIA H200"."""
@@ -225,9 +243,26 @@ def env_info(device: Any = None) -> dict[str, Any]:
         "torch": _version("torch"),
         "transformers": _version("transformers"),
         "peft": _version("peft"),
+        **{name: _version(name) for name in SCORE_PACKAGES},
+        "java": java_version(),
         "device": _device_name(device),
         "hostname": socket.gethostname(),
     }
+
+
+@functools.cache
+def java_version() -> str | None:
+    """The first line `java -version` prints (to stderr), e.g. 'openjdk version "17.0.15" 2025-04-15', for the
+    `java` on PATH; None when there is none or it fails. Asked once per process (cached)."""
+    java = shutil.which("java")
+    if java is None:
+        return None
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = (out.stderr or out.stdout).strip().splitlines()
+    return lines[0].strip() if lines else None
 
 
 def peak_memory(device: Any = None) -> Memory:
@@ -268,7 +303,7 @@ def ensure_writable(directory: str | os.PathLike[str]) -> Path:
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:  # PermissionError, NotADirectoryError, FileExistsError, read-only file system, ...
-        raise ValueError(
+        raise ConfigError(
             f"results directory {str(path)!r} is not writable ({e.strerror or e}); choose a directory you "
             "can write to (e.g. results_dir=/path/you/own) or fix its permissions"
         ) from None
@@ -310,7 +345,7 @@ def load_records(directory: str | os.PathLike[str]) -> list[RunRecord]:
     `directory` is missing."""
     root = Path(directory)
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"runs directory {str(root)!r} does not exist; run an experiment or pass runs_dir="
         )
     records = []
@@ -347,12 +382,12 @@ def find_complete(directory: str | os.PathLike[str], config_hash: str) -> RunRec
 def validate_record(d: Any) -> None:
     """Raise ValueError naming the first malformed field of a run record (a dict as read from JSON)."""
     if not isinstance(d, Mapping):
-        raise ValueError(f"run record must be a JSON object, got {type(d).__name__}")
+        raise ConfigError(f"run record must be a JSON object, got {type(d).__name__}")
     if d.get("schema") != SCHEMA_VERSION:
-        raise ValueError(
+        raise ConfigError(
             f"run record schema {d.get('schema')!r} is not supported; this code reads {SCHEMA_VERSION}"
         )
-    optional = {"reason", "params", "memory", "time", "best", "finished"}
+    optional = {"reason", "params", "memory", "time", "best", "last", "effective", "finished"}
     _keys_ok(d, required=set(_ORDER) - optional, allowed=set(_ORDER), where="record")
     status = d["status"]
     _check(status in STATUSES, "status", f"must be one of {STATUSES}, got {status!r}")
@@ -395,9 +430,14 @@ def validate_record(d: Any) -> None:
             "must be a number",
         )
         _metrics_ok(e["metrics"], f"epochs[{i}].metrics")
-    if d.get("best") is not None:
-        _check(_is_int(d["best"]["epoch"]), "best.epoch", "must be an integer")
-        _metrics_ok(d["best"]["metrics"], "best.metrics")
+    for key in ("best", "last"):
+        if d.get(key) is not None:
+            _keys_ok(d[key], required=set(Best.__annotations__), allowed=set(Best.__annotations__), where=key)
+            _check(_is_int(d[key]["epoch"]), f"{key}.epoch", "must be an integer")
+            _metrics_ok(d[key]["metrics"], f"{key}.metrics")
+    _check(
+        d.get("effective") is None or isinstance(d["effective"], Mapping), "effective", "must be an object"
+    )
     _check(isinstance(d["targets"], list) and all(isinstance(t, str) for t in d["targets"]), "targets",
            "must be a list of module paths (strings)")  # fmt: skip
     _keys_ok(d["env"], required=set(_ENV_KEYS), allowed=None, where="env")
@@ -430,7 +470,7 @@ def _keys_ok(d: Any, required: set[str], allowed: set[str] | None, where: str) -
 
 def _check(ok: bool, where: str, problem: str) -> None:
     if not ok:
-        raise ValueError(f"run record: {where} {problem}")
+        raise ConfigError(f"run record: {where} {problem}")
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

@@ -12,16 +12,23 @@ pickles optimizer and RNG state with `torch.save`): `trainer.train(resume_from_c
 skips the finished epochs as the Trainer always does. Runs resume exactly (same metrics as without the
 interruption) when the logging interval divides the epoch; DeepSpeed and FSDP shard the optimizer state, so
 no checkpoint is written under them.
+
+`run_lock` keeps two processes off one run: the first holds an exclusive lock on `<output_dir>/.locks/<run>.lock`
+while it trains; a second one with the same config gets `None` and skips (or, under DDP, waits), so two sweeps
+started together never share or delete each other's checkpoints. The lock dies with its process (flock), so a
+killed run leaves nothing to clean up.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +38,34 @@ from safetensors.torch import save_file
 from transformers import Trainer
 
 from lora.checkpoint import read_tensors
+from lora.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 FORMAT = "lora-suite-resume/1"
 TENSORS, META, TRAINER_STATE = "state.safetensors", "state.json", "trainer_state.json"
+
+
+@contextlib.contextmanager
+def run_lock(output_dir: str | os.PathLike[str], name: str, wait: bool = False) -> Iterator[Path | None]:
+    """Hold the exclusive lock of run `name` while the block runs; yields the lock file's path, or None when
+    another process holds it and `wait` is false (the caller then skips the run)."""
+    path = Path(output_dir) / ".locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield None
+            return
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield path
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def is_main_process() -> bool:
@@ -153,14 +183,23 @@ class ResumableTrainer(Trainer):
 
     run_state: returns the JSON-able state of the run record so far, stored with the checkpoint.
     config_hash: the run's config hash; a checkpoint of another config is never loaded.
+    decay_all: apply weight decay to every trainable parameter (the released NLG trainer) instead of the
+    Trainer's default, which exempts biases and LayerNorm weights.
     """
 
     def __init__(
-        self, *args: Any, resume_root: Path, run_state: Callable[[], dict], config_hash: str, **kw: Any
-    ):
+        self, *args: Any, resume_root: Path, run_state: Callable[[], dict], config_hash: str,
+        decay_all: bool = False, **kw: Any,
+    ):  # fmt: skip
         super().__init__(*args, **kw)
         self.resume_root, self.run_state, self.config_hash = Path(resume_root), run_state, config_hash
+        self.decay_all = decay_all
         self._loaded: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+
+    def get_decay_parameter_names(self, model: Any) -> list[str]:
+        if self.decay_all:
+            return [n for n, _ in model.named_parameters()]
+        return super().get_decay_parameter_names(model)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
@@ -204,7 +243,7 @@ class ResumableTrainer(Trainer):
         params = dict((model or self.model).named_parameters())
         missing = [n for n in meta["params"] if n not in params]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"checkpoint {resume_from_checkpoint} has parameters this model lacks: {missing[:3]}"
             )
         with torch.no_grad():

@@ -1,15 +1,18 @@
 """The paper's result tables, rebuilt from run records (`lora.records`) and the paper's numbers
 (results/paper/*.csv).
 
-A cell is the median over seeds of the best-epoch metric of the COMPLETE records of one (experiment, model, r)
-and task, with the sample standard deviation (ddof=1; none for a single seed) and the number of seeds, beside
-the paper's value and the difference (ours - paper), all on the paper's printed scale (percent for GLUE and
-BLEU). This is the paper's protocol: best epoch of each run, median over seeds (Appendix D.1). Nothing is
-filled in: a cell without a complete record is "–", and diverged/oom/failed/running records are listed under
-their table with their reason.
+A cell aggregates over seeds (`Spec.aggregate`: median or mean) one checkpoint's metric (`Spec.select`: the
+best or the last epoch of each run) of the COMPLETE records of one (experiment, model, r) and task, with the
+sample standard deviation (ddof=1; none for a single seed) and the number of seeds, beside the paper's value and
+the difference (ours - paper), all on the paper's printed scale (percent for GLUE and BLEU). Each table follows
+the paper's text: GLUE (Table 2, Appendix D.1): best epoch, median over 5 seeds; NLG (Tables 3, 13, 14, Table 11's
+caption): best epoch, mean over 3 seeds; Table 18: "after 26,000 steps", the last epoch. Footnotes say which.
+Nothing is filled in: a cell without a complete record is "–", and diverged/oom/failed/running records are
+listed under their table with their reason.
 
 Usage: `python -m lora.tables --runs results/runs --paper results/paper --out results`, which writes
-`results/tables/<table>.{md,tex,csv}` and `results/README.md`.
+`results/tables/<table>.{md,tex,csv}`, the figures under `results/figures/` (`lora.plots.write_figures`) and
+`results/README.md`. Every table, summary, figure and status report reads records through `records_frame`.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from lora.errors import ConfigError, InputNotFound
 from lora.records import (
     FAILED,
     IGNORED_KEYS,
@@ -40,24 +44,151 @@ MISSING = "–"
 SYMBOLS = ("*", "†")  # the paper's marks: numbers from prior work, Houlsby-style setup
 
 
+SELECT = ("best", "last")
+AGGREGATE = ("median", "mean")
+
+_E2E_SCORER = (
+    "Scorer: the E2E challenge's measure_scores.py metrics, in-process (lora.metrics.nlg), against the paper's "
+    "own reference files (e2e/lora_format) unless a record says task.references=official."
+)
+_GENEVAL_SCORER = (
+    "Scorer: the released pipeline (gpt2_decode.py --tokenize --lower --ref_num 6, then the WebNLG challenge's "
+    "GenerationEval: multi-bleu-detok BLEU, METEOR 1.5 -norm, TER = mean over sentences of the min over "
+    "references), in-process (lora.metrics.webnlg_eval), without the empty last segment that makes the released "
+    "pipeline print METEOR -1."
+)
+
+
 @dataclass(frozen=True)
 class Spec:
-    """One paper table rebuilt from records: output name, reference CSV under the paper dir, title."""
+    """One paper table rebuilt from records: output name, reference CSV under the paper dir, title; which
+    checkpoint of a run fills it (`select`: best | last epoch) and how seeds are combined (`aggregate`: median |
+    mean), as the paper's text says for that table; `scorer`: a footnote naming the scorer."""
 
     name: str
     csv: str
     title: str
+    select: str = "best"
+    aggregate: str = "median"
+    scorer: str = ""
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECT or self.aggregate not in AGGREGATE:
+            raise ConfigError(f"select must be one of {SELECT} and aggregate one of {AGGREGATE}")
 
 
 TABLES: tuple[Spec, ...] = (
     Spec("table2", "table2_glue.csv", "Table 2: GLUE dev (RoBERTa base/large, DeBERTa XXL)"),
-    Spec("table3", "table3_e2e.csv", "Table 3: E2E NLG Challenge test (GPT-2 medium/large)"),
-    Spec("table13", "table13_dart.csv", "Table 13: DART test (GPT-2 medium/large)"),
-    Spec("table14", "table14_webnlg.csv", "Table 14: WebNLG test, U/S/A = unseen/seen/all categories"),
+    Spec(
+        "table3",
+        "table3_e2e.csv",
+        "Table 3: E2E NLG Challenge test (GPT-2 medium/large)",
+        "best",
+        "mean",
+        _E2E_SCORER,
+    ),  # fmt: skip
+    Spec(
+        "table13",
+        "table13_dart.csv",
+        "Table 13: DART test (GPT-2 medium/large)",
+        "best",
+        "mean",
+        _GENEVAL_SCORER,
+    ),  # fmt: skip
+    Spec(
+        "table14",
+        "table14_webnlg.csv",
+        "Table 14: WebNLG test, U/S/A = unseen/seen/all categories",
+        "best",
+        "mean",
+        _GENEVAL_SCORER,
+    ),  # fmt: skip
     Spec("table5", "table5_targets.csv", "Table 5: which weight matrices to adapt (paper: GPT-3, 18M)"),
     Spec("table6", "table6_rank.csv", "Table 6: LoRA rank r (paper: GPT-3)"),
-    Spec("table18", "table18_e2e_rank.csv", "Table 18: LoRA rank r on E2E (GPT-2 medium)"),
+    Spec(
+        "table18",
+        "table18_e2e_rank.csv",
+        "Table 18: LoRA rank r on E2E (GPT-2 medium)",
+        "last",
+        "mean",
+        _E2E_SCORER + " val loss: plain cross-entropy (no label smoothing), as the released evaluate().",
+    ),  # fmt: skip
 )
+
+
+def checkpoint_metrics(rec: RunRecord, select: str) -> dict[str, Any]:
+    """The metrics of a run's `select`ed checkpoint: `best` (its best epoch) or `last` (its final epoch; records
+    written before `last` existed fall back to their last evaluated epoch)."""
+    if select == "best":
+        return dict(rec.best["metrics"]) if rec.best else {}
+    if rec.last is not None:
+        return dict(rec.last["metrics"])
+    return dict(rec.epochs[-1]["metrics"]) if rec.epochs else {}
+
+
+# The columns of `records_frame` before the flattened metrics ("best_<metric>", "last_<metric>").
+FRAME_COLUMNS: tuple[str, ...] = (
+    "record_id", "experiment", "model", "task", "method", "seed", "r", "targets", "status", "reason",
+    "config_hash", "setup_hash", "protocol", "metric", "trainable", "total_params", "head_params",
+    "adapter_bytes", "peak_memory_bytes", "memory_kind", "train_s", "eval_s", "samples_per_s", "n_epochs",
+    "best_epoch", "last_epoch", "started", "finished", "source",
+)  # fmt: skip
+
+
+def records_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """One row per record, the one view of run records that every table, summary, figure and status report
+    reads: who (experiment, model, task, method, seed, r = `record_rank`, targets "q,v" of LoRA), how it ended
+    (status, reason), the config hashes (`config_hash`; `setup_hash` leaves the seed out, so records that differ
+    only by seed share it), what it cost (params, memory, time), the task's primary metric name (`metric`), and
+    every metric of the best and the last checkpoint (`checkpoint_metrics`), flattened to "best_<metric>" and
+    "last_<metric>" (fractions on the official scales, NaN where absent). `record_id` names the run (copies of one
+    run, e.g. the same file in two directories, share it; `latest` keeps one); the index is the position in
+    `records`."""
+    rows = []
+    for rec in records:
+        method_cfg = rec.config.get("method") if isinstance(rec.config.get("method"), dict) else {}
+        targets = method_cfg.get("targets") if rec.method == "lora" else None
+        row: dict[str, Any] = {
+            "record_id": _id(rec), "experiment": rec.experiment, "model": rec.model, "task": rec.task,
+            "method": rec.method, "seed": rec.seed, "r": record_rank(rec),
+            "targets": ",".join(map(str, targets)) if isinstance(targets, list) else "",
+            "status": rec.status, "reason": rec.reason or "", "config_hash": rec.config_hash,
+            "setup_hash": config_hash(rec.config, IGNORED_KEYS | {"seed"}),
+            "protocol": str(rec.config.get("protocol", "code")), "metric": PRIMARY_METRIC.get(rec.task, "accuracy"),
+            "trainable": (rec.params or {}).get("trainable"), "total_params": (rec.params or {}).get("total"),
+            "head_params": (rec.params or {}).get("head"), "adapter_bytes": (rec.params or {}).get("adapter_bytes"),
+            "peak_memory_bytes": (rec.memory or {}).get("peak_bytes"), "memory_kind": (rec.memory or {}).get("kind"),
+            "train_s": (rec.time or {}).get("train_s"), "eval_s": (rec.time or {}).get("eval_s"),
+            "samples_per_s": (rec.time or {}).get("samples_per_s"), "n_epochs": len(rec.epochs),
+            "best_epoch": rec.best["epoch"] if rec.best else None,
+            "last_epoch": rec.last["epoch"] if rec.last else (rec.epochs[-1]["epoch"] if rec.epochs else None),
+            "started": rec.started, "finished": rec.finished, "source": str(rec.source) if rec.source else "",
+        }  # fmt: skip
+        for select in SELECT:
+            for k, v in checkpoint_metrics(rec, select).items():
+                row[f"{select}_{k}"] = float(v) if _is_num(v) else math.nan
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=None if rows else list(FRAME_COLUMNS))
+    metrics = sorted(c for c in frame.columns if c not in FRAME_COLUMNS)
+    frame = frame.reindex(columns=[*FRAME_COLUMNS, *metrics])
+    # r and the counts stay Python ints / None (object), as `record_rank` returns them, not floats with NaN.
+    for col in ("r", "trainable", "total_params", "head_params", "adapter_bytes", "peak_memory_bytes",
+                "best_epoch", "last_epoch"):  # fmt: skip
+        frame[col] = pd.Series([_int_or_none(v) for v in frame[col]], index=frame.index, dtype=object)
+    return frame
+
+
+def latest(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per config hash (copies of one run): the complete one, then the last finished, then the last
+    started."""
+    order = frame.assign(_complete=frame["status"] == "complete", _finished=frame["finished"].fillna(""))
+    order = order.sort_values(["_complete", "_finished", "started"], kind="stable")
+    return (
+        order.drop_duplicates("config_hash", keep="last")
+        .drop(columns=["_complete", "_finished"])
+        .sort_index()
+    )
+
 
 # Tables and figures of the paper that are not rebuilt from run records, and where their numbers live.
 REFERENCE_ONLY: tuple[tuple[str, str], ...] = (
@@ -98,13 +229,11 @@ def load_paper(paper_dir: str | os.PathLike[str], csv: str) -> pd.DataFrame:
     """A paper table (tidy CSV, values on the printed scale); ValueError if a column is missing."""
     path = Path(paper_dir) / csv
     if not path.is_file():
-        raise FileNotFoundError(
-            f"paper table {str(path)!r} not found; pass paper_dir= pointing at results/paper"
-        )
+        raise InputNotFound(f"paper table {str(path)!r} not found; pass paper_dir= pointing at results/paper")
     df = pd.read_csv(path, keep_default_na=False, na_values=[""])
     missing = [c for c in PAPER_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"paper table {path} lacks columns {missing}; expected {list(PAPER_COLUMNS)}")
+        raise ConfigError(f"paper table {path} lacks columns {missing}; expected {list(PAPER_COLUMNS)}")
     return df
 
 
@@ -129,14 +258,8 @@ def _find_int(x: Any, key: str) -> int | None:
 
 
 def _dedupe(records: list[RunRecord]) -> list[RunRecord]:
-    """One record per config hash (copies of the same run): the complete one, then the last finished."""
-    best: dict[str, RunRecord] = {}
-    for rec in records:
-        old = best.get(rec.config_hash)
-        key = (rec.status == "complete", rec.finished or "", rec.started)
-        if old is None or key > (old.status == "complete", old.finished or "", old.started):
-            best[rec.config_hash] = rec
-    return list(best.values())
+    """One record per config hash (copies of the same run): the complete one, then the last finished (`latest`)."""
+    return [records[i] for i in latest(records_frame(records)).index] if records else []
 
 
 # --------------------------------------------------------------------------------------------------- building
@@ -161,10 +284,15 @@ def with_record_tasks(paper: pd.DataFrame, records: list[RunRecord]) -> pd.DataF
     return pd.concat([paper, pd.DataFrame(extra)], ignore_index=True) if extra else paper
 
 
-def build(spec: Spec, paper: pd.DataFrame, records: list[RunRecord]) -> Built:
-    """Tidy cells of one table: one row per (paper row, our (model, r) variant, paper column)."""
+def build(
+    spec: Spec, paper: pd.DataFrame, records: list[RunRecord], frame: pd.DataFrame | None = None
+) -> Built:
+    """Tidy cells of one table: one row per (paper row, our (model, r) variant, paper column). `frame`:
+    `records_frame(records)` if already made. Each cell also carries `values`, its per-seed values on the paper's
+    scale in the order of `seeds` (for figures; not in the CSV)."""
     if spec.name in OPEN_TASKS:
         paper = with_record_tasks(paper, records)
+    frame = records_frame(records) if frame is None else frame
     out: list[dict[str, Any]] = []
     used: dict[str, RunRecord] = {}
     left: dict[str, RunRecord] = {}
@@ -172,18 +300,16 @@ def build(spec: Spec, paper: pd.DataFrame, records: list[RunRecord]) -> Built:
     for _, prow in paper.groupby("row", sort=True):
         first = prow.iloc[0]
         exp, r_paper = first["experiment"], _int_or_none(first["r"])
-        tasks = set(prow["task"])
-        mine = [
-            rec for rec in records
-            if rec.experiment == exp and rec.task in tasks
-            and (r_paper is None or record_rank(rec) == r_paper)
+        mine = frame[
+            (frame["experiment"] == exp) & frame["task"].isin(set(prow["task"]))
+            & (frame["r"] == r_paper if r_paper is not None else True)
         ]  # fmt: skip
-        left.update({_id(rec): rec for rec in mine if rec.status != "complete"})
-        done = [rec for rec in mine if rec.status == "complete"]
-        variants = sorted({(rec.model, record_rank(rec)) for rec in done}, key=str) or [(None, r_paper)]
+        left.update({frame.at[i, "record_id"]: records[i] for i in mine.index[mine["status"] != "complete"]})
+        done = mine[mine["status"] == "complete"]
+        variants = sorted(set(zip(done["model"], done["r"], strict=True)), key=str) or [(None, r_paper)]
         for model, r in variants:
-            group = [rec for rec in done if rec.model == model and record_rank(rec) == r]
-            trainable = sorted({rec.params["trainable"] for rec in group if rec.params})
+            group = done[(done["model"] == model) & done["r"].map(lambda v, r=r: v == r)]
+            trainable = sorted({int(v) for v in group["trainable"] if v is not None})
             row_cells = []
             for _, p in prow.iterrows():
                 cell = {
@@ -197,15 +323,18 @@ def build(spec: Spec, paper: pd.DataFrame, records: list[RunRecord]) -> Built:
                 if p["task"] == "avg":
                     row_cells.append(cell)
                     continue
-                recs = [
-                    rec for rec in group
-                    if rec.task == p["task"] and _is_num(rec.best["metrics"].get(p["metric"]))
-                ]  # fmt: skip
-                values = [rec.best["metrics"][p["metric"]] * cell["scale"] for rec in recs]
-                used.update({_id(rec): rec for rec in recs})
-                if len({config_hash(rec.config, IGNORED_KEYS | {"seed"}) for rec in recs}) > 1:
+                col = f"{spec.select}_{p['metric']}"
+                hits = group[group["task"] == p["task"]]
+                hits = hits[hits[col].notna()] if col in hits else hits.iloc[:0]
+                hits = hits.sort_values("seed", kind="stable")
+                values = [float(v) * cell["scale"] for v in (hits[col] if len(hits) else [])]
+                used.update({hits.at[i, "record_id"]: records[i] for i in hits.index})
+                if hits["setup_hash"].nunique() > 1:
                     mixed.append(f"{exp} / {model} / r={r} / {p['task']}")
-                row_cells.append({**cell, **_stats(values), "seeds": sorted(rec.seed for rec in recs)})
+                row_cells.append(
+                    {**cell, **_stats(values, spec.aggregate), "seeds": [int(s) for s in hits["seed"]],
+                     "values": values}
+                )  # fmt: skip
             _fill_average(row_cells)
             out.extend(row_cells)
     cells = pd.DataFrame(out)
@@ -213,24 +342,27 @@ def build(spec: Spec, paper: pd.DataFrame, records: list[RunRecord]) -> Built:
     return Built(spec, cells, list(used.values()), list(left.values()), sorted(set(mixed)))
 
 
-def _stats(values: list[float]) -> dict[str, Any]:
-    """Median and sample std (ddof=1) over seeds; NaN where undefined."""
+def _stats(values: list[float], aggregate: str = "median") -> dict[str, Any]:
+    """Median or mean, and sample std (ddof=1), over seeds; NaN where undefined."""
     n = len(values)
+    center = np.median if aggregate == "median" else np.mean
     return {
         "n": n,
-        "ours": float(np.median(values)) if n else math.nan,
+        "ours": float(center(values)) if n else math.nan,
         "ours_std": float(np.std(values, ddof=1)) if n > 1 else math.nan,
     }
 
 
 def _fill_average(row_cells: list[dict[str, Any]]) -> None:
-    """The "avg" column (Table 2): mean of our medians over the row's other columns, if none is missing."""
+    """The "avg" column (Table 2): mean of our per-task values over the row's other columns, if none is missing."""
     others = [c for c in row_cells if c["task"] != "avg"]
     for c in row_cells:
         if c["task"] == "avg":
             ok = others and all(o["n"] > 0 for o in others)
             mean = float(np.mean([o["ours"] for o in others])) if ok else math.nan
-            c.update(n=min(o["n"] for o in others) if ok else 0, ours=mean, ours_std=math.nan, seeds=[])
+            c.update(
+                n=min(o["n"] for o in others) if ok else 0, ours=mean, ours_std=math.nan, seeds=[], values=[]
+            )
 
 
 # -------------------------------------------------------------------------------------------------- rendering
@@ -273,13 +405,23 @@ def footer(b: Built, runs_dir: str) -> list[str]:
     """Notes printed under a table: legend, record counts, left-out records, pooled configurations."""
     cells = b.cells
     n_missing = int((cells["n"] == 0).sum())
+    spec = b.spec
+    checkpoint = "best epoch" if spec.select == "best" else "last epoch"
     lines = [
-        "Cell: ours median ±sample std [seeds] / paper (ours − paper), on the paper's scale; best epoch per "
-        f"run. {MISSING} = no complete record (never filled in). * = prior work's numbers, "
-        "† = Houlsby setup.",
+        f"Cell: ours {spec.aggregate} over seeds ±sample std [seeds] / paper (ours − paper), on the paper's "
+        f"scale; select={spec.select} ({checkpoint} of each run), aggregate={spec.aggregate}. {MISSING} = no "
+        "complete record (never filled in). * = prior work's numbers, † = Houlsby setup.",
         f"Built from {len(b.used)} complete records under {runs_dir}; "
         f"{n_missing} of {len(cells)} cells missing.",
     ]
+    if spec.scorer:
+        lines.append(spec.scorer)
+    protocols = sorted({str(rec.config.get("protocol", "code")) for rec in b.used})
+    if protocols:
+        lines.append(
+            f"Protocol of these records: {', '.join(protocols)} (code = the released scripts' settings where the "
+            "paper's text differs; see each experiment file)."
+        )
     if not b.used:
         lines.append("No complete records for this table yet: every 'ours' cell is missing.")
     remarks = cells.loc[~cells["note"].isin(("", *SYMBOLS)), ["experiment", "note"]].drop_duplicates()
@@ -333,21 +475,32 @@ def main(
     runs_dir: str | os.PathLike[str] = "results/runs",
     paper_dir: str | os.PathLike[str] = "results/paper",
     out_dir: str | os.PathLike[str] = "results",
+    select: str | None = None,
+    aggregate: str | None = None,
+    figures: bool = True,
 ) -> list[Path]:
-    """Rebuild every table into `out_dir/tables/<name>.{md,tex,csv}` and write `out_dir/README.md`; returns
-    the written paths. A missing `runs_dir` gives tables with every 'ours' cell missing (and says so)."""
+    """Rebuild every table into `out_dir/tables/<name>.{md,tex,csv}`, draw `out_dir/figures/` (tables beside the
+    paper, training curves: `lora.plots.write_figures`; `figures=False` skips them) and write `out_dir/README.md`;
+    returns the written paths. A missing `runs_dir` gives tables with every 'ours' cell missing (and says so).
+    `select` / `aggregate` override every table's own choice (the footnotes say which was used)."""
     out, tables_dir = Path(out_dir), Path(out_dir) / "tables"
     tables_dir.mkdir(parents=True, exist_ok=True)
     records, skipped = _read_runs(runs_dir)
     records = _dedupe(records)
+    frame = records_frame(records)
     runs = str(runs_dir)
     written, built = [], []
     for spec in TABLES:
-        b = build(spec, load_paper(paper_dir, spec.csv), records)
+        spec = replace(spec, select=select or spec.select, aggregate=aggregate or spec.aggregate)
+        b = build(spec, load_paper(paper_dir, spec.csv), records, frame)
         built.append(b)
         for ext, text in (("md", to_markdown(b, runs)), ("tex", to_latex(b, runs))):
             written.append(_write(tables_dir / f"{spec.name}.{ext}", text))
         written.append(_write(tables_dir / f"{spec.name}.csv", _tidy(b.cells).to_csv(index=False)))
+    if figures:
+        from lora.plots import write_figures  # matplotlib and torch (via lora.ablation): only when drawing
+
+        written += write_figures(built, records, out)
     written.append(_write(out / "README.md", readme(built, records, skipped, runs, out)))
     return written
 
@@ -373,8 +526,16 @@ def readme(built: list[Built], records: list[RunRecord], skipped: list[str], run
     figures = (
         sorted(p for p in (out / "figures").glob("*") if p.is_file()) if (out / "figures").is_dir() else []
     )
-    if figures:
-        lines += ["", "Figures found in figures/:", ""] + [f"- figures/{p.name}" for p in figures]
+    curves = sorted((out / "figures" / "curves").glob("*.png")) if (out / "figures").is_dir() else []
+    if figures or curves:
+        lines += ["", "Figures found in figures/ (ours beside the paper, seed spread; a table without records "
+                  "of ours has none):", ""]  # fmt: skip
+        lines += [f"- figures/{p.name}" for p in figures]
+        if curves:
+            lines.append(
+                f"- figures/curves/: {len(curves)} training-curve plots (eval metric and train loss per epoch, "
+                "one line per seed), one per experiment / task / model / r"
+            )
     lines += ["", "## Missing cells", ""]
     for b in built:
         miss = b.cells[b.cells["n"] == 0]
@@ -469,8 +630,14 @@ def cli(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--runs", default="results/runs", help="directory of run records (searched recursively)")
     p.add_argument("--paper", default="results/paper", help="directory of the paper's tidy CSVs")
     p.add_argument("--out", default="results", help="writes OUT/tables/*.{md,tex,csv} and OUT/README.md")
+    p.add_argument(
+        "--select", choices=SELECT, help="checkpoint of each run for every table (default: per table)"
+    )
+    p.add_argument(
+        "--aggregate", choices=AGGREGATE, help="seed aggregation for every table (default: per table)"
+    )
     args = p.parse_args(argv)
-    for path in main(args.runs, args.paper, args.out):
+    for path in main(args.runs, args.paper, args.out, args.select, args.aggregate):
         print(path)
 
 

@@ -6,9 +6,10 @@ Appendix D), parameter counts, peak memory and time.
 
 At scale and under failure:
 - The Trainer is used as is, so `torchrun` / `accelerate launch` (DDP) work unchanged, and so do the tasks of one
-  submitit job (hydra/launcher=slurm, tasks_per_node=N). `train.batch_size` is per process; a run on N > 1
-  processes has `world_size: N` in its recorded config. Only the main process writes (record, adapter,
-  predictions, metrics.csv, resume checkpoint); it tokenises first, the others then read its cache.
+  submitit job (hydra/launcher=slurm, tasks_per_node=N). `train.batch_size` is the global batch: each of N
+  processes takes batch_size / (N x grad_accum), and the record's `effective.batch` says both. Only the main
+  process writes (record, adapter, predictions, metrics.csv, resume checkpoint); it tokenises first, the others
+  then read its cache.
 - A bad input (data, init adapter, method for this architecture) fails before any record is written. Once training
   starts the record is rewritten after every epoch; a loss that becomes NaN/inf ends the run as `diverged`, an
   out-of-memory error as `oom` (both with the reason; `execute` returns, so a sweep goes on), any other error as
@@ -26,7 +27,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,22 @@ import transformers
 from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding, TrainerCallback, TrainingArguments
 
-from lora import methods, records, resume
-from lora.checkpoint import load_adapter, save_adapter
+from lora import loggers, methods, records, resume
+from lora.chain import InitSource, canonical_method, resolve_init
+from lora.checkpoint import WEIGHTS, load_adapter, save_adapter
 from lora.config import Config, RunSpec, validate
-from lora.models import build_model, build_tokenizer, head_parameter_names
+from lora.data.fingerprint import data_fingerprint
+from lora.errors import ConfigError, InputNotFound
+from lora.export import peft_beside
+from lora.models import (
+    build_model,
+    build_tokenizer,
+    dropout_overrides,
+    effective_dropouts,
+    head_parameter_names,
+)
 from lora.params import count_parameters
-from lora.resume import is_main_process
+from lora.resume import is_main_process, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +136,7 @@ class TaskData:
     num_labels: int
     primary: str
     kind: str = "classification"
+    higher_is_better: bool = True
 
 
 def glue_data(cfg: Config, tokenizer: Any) -> TaskData:
@@ -157,6 +169,12 @@ def glue_data(cfg: Config, tokenizer: Any) -> TaskData:
         num_labels=spec.num_labels,
         primary=glue_metrics.PRIMARY[task],
     )
+
+
+def epoch_label(epoch: float) -> int:
+    """The label of an evaluation at the Trainer's (float) epoch: the epoch it ends, counting a last partial epoch
+    of fractional `train.epochs` as the next one (2.5 epochs -> 1, 2, 3)."""
+    return round(epoch) if abs(epoch - round(epoch)) < 1e-6 else math.ceil(epoch)
 
 
 class RecordCallback(TrainerCallback):
@@ -192,7 +210,12 @@ class RecordCallback(TrainerCallback):
                     self.pending[key] = float(v)
         if not all(any(k.endswith(s) for k in self.pending) for s in self.run.suffixes):
             return  # wait for the other eval split of this epoch (MNLI)
-        epoch = round(state.epoch or 0)
+        if self.run.lm_loss is not None:  # NLG: the label-smoothed validation loss, beside the plain one
+            smoothed = self.run.lm_loss.smoothed_eval_loss()
+            if smoothed is not None:
+                self.pending["eval_loss_smoothed"] = smoothed
+            self.run.lm_loss.reset()
+        epoch = epoch_label(state.epoch or 0.0)
         self.run.epoch_done(epoch, state.global_step, dict(self.pending), self.last_loss, kw.get("model"))
         self.pending = {}
 
@@ -203,6 +226,8 @@ class Run:
     def __init__(self, spec: RunSpec, record: records.RunRecord, out_dir: Path, primary: str, report: Any):
         self.spec, self.record, self.out_dir = spec, record, out_dir
         self.primary, self.report = primary, report
+        self.higher_is_better = True
+        self.lm_loss: Any = None  # NLG: the LMLoss installed on the model (records the smoothed eval loss)
         self.best: float | None = None
         self.eval_s = 0.0
         self.suffixes: list[str] = [""]
@@ -224,13 +249,16 @@ class Run:
         self.record.add_epoch(epoch, step, metrics, loss)
         self.last_model = model
         value = metrics.get(self.primary) if self.primary else None
-        if value is not None and math.isfinite(value) and (self.best is None or value > self.best):
+        better = self.best is None or (value > self.best if self.higher_is_better else value < self.best)
+        if value is not None and math.isfinite(value) and better:
             self.best = value
             self.record.best = {"epoch": epoch, "metrics": dict(metrics)}
             if self.spec.cfg.save_adapter and model is not None and is_main_process():
                 save_adapter(
                     model, self.out_dir / "adapter", self.spec.method, self.spec.method_cfg, self.report
                 )
+                # the same adapter as a peft folder that names its base model (LoRA runs only)
+                peft_beside(model, self.out_dir, self.spec.method, self.spec.method_cfg, self.spec.cfg.model)
         self.save()
 
     def state(self) -> dict[str, Any]:
@@ -244,40 +272,6 @@ class Run:
         self.best, self.eval_s = state["best_value"], state["eval_s"]
 
 
-def resolve_init(spec: RunSpec) -> Path | None:
-    """`init_from`: a directory, or `best:<experiment>/<task>`, the adapter of the best complete record of that
-    experiment and task for the same model (the paper starts RoBERTa-base MRPC, RTE, STS-B from MNLI)."""
-    src = spec.cfg.init_from
-    if not src:
-        return None
-    if not src.startswith("best:"):
-        path = Path(src)
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"init_from={src}: no such adapter directory; give a saved adapter's folder"
-            )
-        return path
-    experiment, _, task = src.removeprefix("best:").partition("/")
-    root = Path(spec.cfg.results_dir)
-    found = [
-        r
-        for r in (records.load_records(root) if root.is_dir() else [])
-        if r.status == "complete"
-        and r.experiment == experiment
-        and r.task == task
-        and r.model == spec.cfg.model.name
-    ]
-    metric = records.PRIMARY_METRIC.get(task, "accuracy")
-    found = [r for r in found if r.best and r.best["metrics"].get(metric) is not None]
-    if not found:
-        raise FileNotFoundError(
-            f"init_from={src}: no complete {experiment} run on {task} with model {spec.cfg.model.name} in {root}; "
-            f"train it first, or set init_from=null"
-        )
-    best = max(found, key=lambda r: r.best["metrics"][metric])
-    return Path(best.config["output_dir"]) / run_name(best) / "adapter"
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -287,18 +281,34 @@ def run_name(record: records.RunRecord) -> str:
     return records.record_filename(record).removesuffix(".json")
 
 
+def batch_sizes(cfg: Config) -> dict[str, int]:
+    """The global batch (`train.batch_size`), split over the processes and accumulation steps."""
+    t, n = cfg.train, world_size()
+    if t.batch_size % (n * t.grad_accum):
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} is the global batch and must divide evenly over {n} process(es) x "
+            f"train.grad_accum={t.grad_accum}; change one of them"
+        )
+    return {"global": t.batch_size, "per_device": t.batch_size // (n * t.grad_accum), "world_size": n,
+            "grad_accum": t.grad_accum}  # fmt: skip
+
+
 def training_args(cfg: Config, out_dir: Path, device: torch.device) -> TrainingArguments:
     t = cfg.train
-    report_to = "wandb" if cfg.logger.name == "wandb" else "none"
+    report_to = loggers.report_to(cfg.logger.name)
     return TrainingArguments(
         output_dir=str(out_dir),  # the Trainer writes nothing there itself (see lora.resume)
-        per_device_train_batch_size=t.batch_size,
+        per_device_train_batch_size=batch_sizes(cfg)["per_device"],
         per_device_eval_batch_size=t.eval_batch_size,
         gradient_accumulation_steps=t.grad_accum,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
         learning_rate=t.lr,
         weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        adam_epsilon=t.adam_epsilon,
         lr_scheduler_type="linear",
         warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
         optim="adamw_torch",
@@ -321,35 +331,86 @@ def training_args(cfg: Config, out_dir: Path, device: torch.device) -> TrainingA
 
 
 def execute(cfg: DictConfig) -> records.RunRecord:
-    """Validate `cfg`, skip the run if a complete record with the same config hash exists (sweep resume), else
-    train and evaluate it and write its record. Returns the record; a run that diverged or ran out of memory
-    returns its record (status `diverged` / `oom`), any other error is raised (status `failed` if it had started)."""
+    """Validate `cfg`, skip the run if a complete record with the same config hash exists (sweep resume) or if
+    another process is training it now, else train and evaluate it and write its record. Returns the record; a
+    run that diverged or ran out of memory returns its record (status `diverged` / `oom`), any other error is
+    raised (status `failed` if it had started).
+
+    The config hash covers the resolved config, the fingerprint of the data files the task reads
+    (`config["data"]`) and the identity of the adapter it starts from (`config["init"]`), so other data or another
+    MNLI adapter is another run."""
     export_submitit_ranks()
     spec = validate(cfg)
     c = spec.cfg
     records.ensure_writable(c.results_dir)
+    check_combination(spec)
+    init = resolve_init(
+        c.init_from, results_dir=c.results_dir, model=spec.raw["model"],
+        method=canonical_method(spec.method, asdict(spec.method_cfg)), seed=c.seed,
+    )  # fmt: skip
     config = {k: v for k, v in spec.raw.items() if k != "force"}
-    if world_size() > 1:  # part of the run: the global batch is batch_size x world_size x grad_accum
-        config["world_size"] = world_size()
+    config["data"] = data_fingerprint(c)
+    if init is not None:
+        config["init"] = init.identity()
     record = records.new_record(
-        config, experiment=c.experiment, model=c.model.name, task=c.task.name, method=spec.method, seed=c.seed,
+        config, experiment=c.experiment, model=c.model.label, task=c.task.name, method=spec.method, seed=c.seed,
         device=device_of(c),
     )  # fmt: skip
-    done = records.find_complete(c.results_dir, record.config_hash)
-    if done is not None and not c.force:
-        log.info("skipping %s: complete record %s", run_name(record), done.source)
-        print(f"skip: {run_name(record)} is complete ({done.source})")
+    if (done := _complete(record, c)) is not None:
         return done
-    init = resolve_init(spec)
+    # One process per run: a second one (another sweep on the same results) skips it. Under DDP only rank 0
+    # takes the lock, and waits for it (the other ranks follow rank 0 through the run's collectives).
+    if not is_main_process():
+        return _execute(spec, record, init)
+    with run_lock(c.output_dir, run_name(record), wait=world_size() > 1) as lock:
+        if lock is None:
+            print(
+                f"skip: {run_name(record)} is being trained by another process (lock in {c.output_dir}/.locks)"
+            )
+            return record
+        if (done := _complete(record, c)) is not None:  # finished while this process waited for the lock
+            return done
+        return _execute(spec, record, init)
+
+
+def _complete(record: records.RunRecord, c: Config) -> records.RunRecord | None:
+    done = records.find_complete(c.results_dir, record.config_hash)
+    if done is None or c.force:
+        return None
+    log.info("skipping %s: complete record %s", run_name(record), done.source)
+    print(f"skip: {run_name(record)} is complete ({done.source})")
+    return done
+
+
+def check_combination(spec: RunSpec) -> None:
+    """Refuse, before anything is built, a run that cannot give a meaningful record."""
+    c = spec.cfg
+    model = c.model.resolve()
+    if c.task.kind == "nlg" and not model.causal:
+        raise ConfigError(
+            f"task={c.task.name} is generation and needs a decoder model; {c.model.label} is a {model.family} "
+            "encoder (use a decoder, e.g. model=gpt2-medium or model=smollm2)"
+        )
+    if c.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={c.device} but this machine has no usable CUDA GPU (torch.cuda.is_available() is False); "
+            "use device=auto or device=cpu"
+        )
+    if c.train.max_steps == 0 and spec.method != "none" and c.experiment != "custom":
+        raise ConfigError(
+            f"train.max_steps=0 trains nothing, so experiment={c.experiment} would record an untrained {spec.method}; "
+            "use method=none for the unadapted baseline, or experiment=custom to evaluate as is"
+        )
+
+
+def _execute(spec: RunSpec, record: records.RunRecord, init: InitSource | None) -> records.RunRecord:
+    c = spec.cfg
     out_dir = Path(c.output_dir) / run_name(record)
-    if c.logger.name == "wandb":  # the config decides: offline unless logger.mode=online
-        os.environ["WANDB_MODE"] = c.logger.mode
-        os.environ["WANDB_DIR"] = str(out_dir)
-        os.environ.setdefault("WANDB_PROJECT", c.logger.project)
     run = Run(spec, record, out_dir, primary="", report=None)
     try:
         prepared = _setup(spec, run, init)  # a bad input fails here, before the record is written
-        _fit(spec, run, prepared)
+        with loggers.open_run_logger(c, record, run_name(record), out_dir) as callbacks:
+            _fit(spec, run, prepared, callbacks)
     except torch.OutOfMemoryError as e:
         run.fail("oom", f"out of memory: {_first_line(e)}")
         if world_size() > 1:
@@ -374,8 +435,8 @@ def nlg_data(cfg: Config, tokenizer: Any) -> TaskData:
     from lora.data import nlg
 
     task, t = cfg.task, cfg.train
-    train = nlg.load_nlg(task.name, "train", cfg.data_dir)
-    val = nlg.load_nlg(task.name, "validation", cfg.data_dir)
+    train = nlg.load_nlg(task.name, "train", cfg.data_dir, references=task.references)
+    val = nlg.load_nlg(task.name, "validation", cfg.data_dir, references=task.references)
     if task.max_train_samples:
         train = train[: task.max_train_samples]
     if task.max_eval_samples:
@@ -387,29 +448,69 @@ def nlg_data(cfg: Config, tokenizer: Any) -> TaskData:
         collator=nlg.LMCollator.from_tokenizer(tokenizer),
         compute_metrics=None,
         num_labels=0,
-        primary="",
+        primary="eval_loss",  # the best checkpoint has the lowest plain validation loss (gpt2_ft.py best_val_ppl)
         kind="causal_lm",
+        higher_is_better=False,
     )
 
 
-def decode_and_score(spec: RunSpec, run: Run, model: Any, tokenizer: Any) -> dict[str, float]:
-    """Beam-search the decode split, write the predictions next to the run record, return the paper's metrics."""
+def decode_config(cfg: Config) -> Any:
+    from lora import generation
+
+    task = cfg.task
+    return generation.DecodeConfig(
+        num_beams=task.num_beams, length_penalty=task.length_penalty, max_new_tokens=task.max_new_tokens,
+        no_repeat_ngram_size=task.no_repeat_ngram_size, batch_size=cfg.train.eval_batch_size,
+        stop_at_blank_line=task.stop_at_blank_line,
+    )  # fmt: skip
+
+
+def predictions_path(spec: RunSpec, run: Run, which: str) -> Path:
+    return Path(spec.cfg.results_dir) / f"{run_name(run.record)}.predictions.{which}.txt"
+
+
+def decode_and_score(spec: RunSpec, run: Run, model: Any, tokenizer: Any, which: str) -> dict[str, float]:
+    """Beam-search the decode split with the model as it is (`which`: the `best` or `last` checkpoint), write the
+    predictions next to the run record (`<run>.predictions.<which>.txt`), return the paper's metrics."""
     from lora import generation
     from lora.data import nlg
 
     task = spec.cfg.task
-    examples = nlg.load_nlg(task.name, task.decode_split, spec.cfg.data_dir)
+    examples = nlg.load_nlg(task.name, task.decode_split, spec.cfg.data_dir, references=task.references)
+    examples = generation.decode_split_examples(task.name, examples)
     if task.max_decode_samples:
         examples = examples[: task.max_decode_samples]
-    dcfg = generation.DecodeConfig(
-        num_beams=task.num_beams, length_penalty=task.length_penalty, max_new_tokens=task.max_new_tokens,
-        no_repeat_ngram_size=task.no_repeat_ngram_size, batch_size=spec.cfg.train.eval_batch_size,
-    )  # fmt: skip
-    hyps = generation.decode(model, tokenizer, examples, dcfg, progress=spec.cfg.train.progress)
+    hyps = generation.decode(
+        model, tokenizer, examples, decode_config(spec.cfg), progress=spec.cfg.train.progress
+    )
     if is_main_process():
-        path = Path(spec.cfg.results_dir) / f"{run_name(run.record)}.predictions.txt"
+        path = predictions_path(spec, run, which)
         path.write_text("".join(h.replace("\n", " ") + "\n" for h in hyps))
     return generation.score(task.name, hyps, examples)
+
+
+def decode_checkpoints(spec: RunSpec, run: Run, p: Prepared) -> None:
+    """NLG after training: decode the final model (`task.select` last|both) and the best epoch's (lowest plain
+    validation loss; best|both), and put each one's scores into `record.last` / `record.best`.
+
+    The paper's text reports the best epoch, mean over 3 seeds; the released README decodes the final checkpoint
+    (model.26289.pt after 5 epochs); the tables choose (lora.tables `select`). The best model is read back from
+    the adapter saved at its epoch, so that a resumed run decodes the right one."""
+    record, select = run.record, spec.cfg.task.select
+    last = record.epochs[-1] if record.epochs else {"epoch": 0, "metrics": {}}
+    best = record.best or {"epoch": last["epoch"], "metrics": dict(last["metrics"])}
+    scores: dict[str, float] = {}
+    if select in ("last", "both"):
+        scores = decode_and_score(spec, run, p.model, p.tokenizer, "last") if is_main_process() else {}
+        record.last = {"epoch": last["epoch"], "metrics": {**last["metrics"], **scores}}
+    if select in ("best", "both"):
+        if select == "best" or best["epoch"] != last["epoch"]:
+            if best["epoch"] != last["epoch"]:
+                load_adapter(p.model, run.out_dir / "adapter", head=True)
+            scores = decode_and_score(spec, run, p.model, p.tokenizer, "best") if is_main_process() else {}
+        elif is_main_process():  # the final model is the best one: same predictions, same scores
+            shutil.copyfile(predictions_path(spec, run, "last"), predictions_path(spec, run, "best"))
+        record.best = {"epoch": best["epoch"], "metrics": {**best["metrics"], **scores}}
 
 
 @dataclass
@@ -423,7 +524,7 @@ class Prepared:
     report: Any
 
 
-def _setup(spec: RunSpec, run: Run, init: Path | None) -> Prepared:
+def _setup(spec: RunSpec, run: Run, init: InitSource | None) -> Prepared:
     """Tokenizer, model with the method (and `init_from` adapter), data: the cheap checks of the inputs first."""
     from lora.data import glue
 
@@ -436,11 +537,23 @@ def _setup(spec: RunSpec, run: Run, init: Path | None) -> Prepared:
     num_labels = 0 if c.task.kind == "nlg" else glue.get_task(c.task.name).num_labels
     overrides = {} if c.train.cls_dropout is None else {"classifier_dropout": c.train.cls_dropout,
                                                          "cls_dropout": c.train.cls_dropout}  # fmt: skip
+    if c.model.dropout is not None:
+        overrides |= dropout_overrides(c.model.resolve(), c.model.dropout)
+    if c.task.kind == "nlg":  # scoring needs Java (METEOR, PTB tokenizer): say so now, not after training
+        from lora.metrics.java import require_java
+
+        require_java()
+        if c.task.select in ("best", "both") and not c.save_adapter:
+            raise ConfigError(
+                f"task.select={c.task.select} decodes the best epoch's adapter, which save_adapter=false does not "
+                "keep: set save_adapter=true or task.select=last"
+            )
     # Rank 0 (of each node) fills the caches first (tokenised data, a converted checkpoint); the others read them.
     with args.main_process_first(desc="build the model and tokenise the data"):
-        tokenizer = build_tokenizer(c.model.name, c.model.path)
+        model_spec = c.model.resolve()
+        tokenizer = build_tokenizer(model_spec)
         model = build_model(
-            c.model.name, kind, num_labels=num_labels, pretrained=c.model.pretrained, path=c.model.path,
+            model_spec, kind, num_labels=num_labels, pretrained=c.model.pretrained,
             trust_remote_code=c.model.trust_remote_code, overrides=overrides,
         )  # fmt: skip
         transformers.set_seed(
@@ -448,25 +561,54 @@ def _setup(spec: RunSpec, run: Run, init: Path | None) -> Prepared:
         )  # the method's random init (LoRA's A, adapters' W_down) follows the run seed
         report = methods.apply(model, spec.method, spec.method_cfg, head=head_parameter_names(model))
         if init is not None:
-            load_adapter(model, init, head=False)
+            load_adapter(model, init.path, head=False)
         data = nlg_data(c, tokenizer) if c.task.kind == "nlg" else glue_data(c, tokenizer)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    if kind == "causal_lm" and c.train.label_smoothing > 0:
+    if kind == "causal_lm":
         # Smoothed inside the model's own loss, on the labels the model sees (a prefix method extends them), not by
         # the Trainer on the caller's labels (training_args passes it label_smoothing_factor=0 for generation).
-        from lora.generation import smoothed_lm_loss
+        # Evaluation gets the plain cross-entropy (and records the smoothed one beside it).
+        from lora.generation import LMLoss
 
-        model.loss_function = smoothed_lm_loss(c.train.label_smoothing)
+        model.loss_function = run.lm_loss = LMLoss(model, c.train.label_smoothing)
     if kind == "classification":
         # Its loss is a batch mean that ignores `num_items_in_batch`; told otherwise (its forward takes **kwargs),
         # the Trainer multiplies it by the number of processes under DDP and skips dividing it by grad_accum.
         model.accepts_loss_kwargs = False
-    run.report, run.primary = report, data.primary
+    run.report, run.primary, run.higher_is_better = report, data.primary, data.higher_is_better
     run.suffixes = [EVAL_SUFFIX[s] for s in data.evals]
+    run.record.effective = effective_settings(c, model)
+    if init is not None:
+        run.record.effective["init"] = init.as_dict()
+    if not report.trainable and spec.method != "none":
+        raise ConfigError(f"method {spec.method} adapts nothing on {c.model.label}: no parameter to train")
     run.record.params = {k: v for k, v in count_parameters(model).as_dict().items()}
     run.record.targets = list(report.modules)
     return Prepared(args, tokenizer, data, model, report)
+
+
+def effective_settings(c: Config, model: Any) -> dict[str, Any]:
+    """What the run really uses, beyond its config: batch per process, the backbone's dropouts as built,
+    optimizer, and for NLG the decoding (with the stop token ids of this tokenizer)."""
+    t = c.train
+    out: dict[str, Any] = {
+        "batch": batch_sizes(c),
+        "dropout": effective_dropouts(model),
+        "optimizer": {
+            "name": "adamw_torch",
+            "betas": [t.adam_beta1, t.adam_beta2],
+            "eps": t.adam_epsilon,
+            "weight_decay": t.weight_decay,
+            "decay_bias_and_norm": t.decay_bias_and_norm,
+            "max_grad_norm": t.max_grad_norm,
+        },  # fmt: skip
+        "protocol": c.protocol,
+    }
+    if c.task.kind == "nlg":
+        out["decode"] = {**asdict(decode_config(c)), "split": c.task.decode_split, "references": c.task.references,
+                         "select": c.task.select}  # fmt: skip
+    return out
 
 
 def _previous(record: records.RunRecord, results_dir: str) -> records.RunRecord | None:
@@ -478,7 +620,7 @@ def _previous(record: records.RunRecord, results_dir: str) -> records.RunRecord 
         return None
 
 
-def _fit(spec: RunSpec, run: Run, p: Prepared) -> None:
+def _fit(spec: RunSpec, run: Run, p: Prepared, callbacks: list[Any]) -> None:
     c, record = spec.cfg, run.record
     ckpt = resume.latest(run.out_dir / "resume", record.config_hash) if c.train.max_steps != 0 else None
     # What an earlier attempt left (read before this attempt writes; only the main process writes the record)
@@ -503,12 +645,12 @@ def _fit(spec: RunSpec, run: Run, p: Prepared) -> None:
         resume_root=run.out_dir / "resume",
         run_state=run.state,
         config_hash=record.config_hash,
+        decay_all=c.train.decay_bias_and_norm,
     )
-    if c.logger.name == "csv":
-        csv = CsvLogger(run.out_dir / "metrics.csv")
-        if ckpt is not None:
-            csv.truncate(int(resume.read_meta(ckpt)["global_step"]))
-        trainer.add_callback(csv)
+    for callback in callbacks:
+        if isinstance(callback, loggers.CsvLogger) and ckpt is not None:
+            callback.truncate(int(resume.read_meta(ckpt)["global_step"]))
+        trainer.add_callback(callback)
     device = device_of(c)
     run.save()  # status `running` from here on
     with MemoryMeter(device) as mem:
@@ -520,15 +662,19 @@ def _fit(spec: RunSpec, run: Run, p: Prepared) -> None:
             out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
             samples_per_s = float(out.metrics.get("train_samples_per_second", 0.0))
         elapsed = time.perf_counter() - start
-    # NLG: the paper scores the final model (Table 18: after 26,000 steps), by beam search on rank 0
-    if c.task.kind == "nlg":
-        last = record.epochs[-1] if record.epochs else {"epoch": 0, "metrics": {}}
-        scores = decode_and_score(spec, run, p.model, p.tokenizer) if is_main_process() else {}
-        record.best = {"epoch": last["epoch"], "metrics": {**last["metrics"], **scores}}
-        if c.save_adapter and is_main_process():
-            save_adapter(p.model, run.out_dir / "adapter", spec.method, spec.method_cfg, p.report)
+    if record.epochs:
+        last = record.epochs[-1]
+        record.last = {"epoch": last["epoch"], "metrics": dict(last["metrics"])}
+    if c.task.kind == "nlg":  # beam search on rank 0, of the final and/or the best checkpoint
+        decode_checkpoints(spec, run, p)
     if record.best is None:
         raise Diverged(f"no finite {p.data.primary} at any epoch")
+    adapter = run.out_dir / "adapter" / WEIGHTS
+    if c.save_adapter and is_main_process() and spec.method != "none" and not adapter.is_file():
+        raise InputNotFound(
+            f"the run's adapter {adapter} is gone (was the output folder deleted during the run?); the record "
+            "cannot be complete without it: rerun"
+        )
     record.memory = {"peak_bytes": int(mem.peak), "kind": mem.kind}
     record.time = {
         "train_s": round(elapsed, 3),
@@ -539,31 +685,3 @@ def _fit(spec: RunSpec, run: Run, p: Prepared) -> None:
     run.save()
     if is_main_process():
         shutil.rmtree(run.out_dir / "resume", ignore_errors=True)
-
-
-class CsvLogger(TrainerCallback):
-    """logger=csv: every logged value appended to `metrics.csv` in the run directory (step, key, value)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def truncate(self, step: int) -> None:
-        """Drop the rows after `step` (a resumed run logs them again)."""
-        if not is_main_process() or not self.path.exists():
-            return
-        lines = self.path.read_text().splitlines(keepends=True)
-        kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= step]
-        self.path.write_text("".join(kept))
-
-    def on_log(
-        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
-    ) -> None:
-        if not is_main_process() or not logs:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists()
-        with self.path.open("a") as f:
-            if new:
-                f.write("step,key,value\n")
-            for k, v in logs.items():
-                f.write(f"{state.global_step},{k},{v}\n")

@@ -1,16 +1,19 @@
 """Shared fixtures: the tiny models of each family (2 layers, 32 wide, random weights, no download), a seeded
-input batch, and a helper that gives every LoRA module a non-zero B (so the LoRA branch actually changes outputs)."""
+input batch, a helper that gives every LoRA module a non-zero B (so the LoRA branch actually changes outputs), and a
+saved tiny Qwen2 folder (any Hugging Face model by path)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from torch import nn
 
 from lora.methods.lora import FusedLoRA, lora_modules
-from lora.models import build_model
+from lora.models import build_model, tiny_tokenizer
 
 # Tiny model name -> the kind tests build it as (encoders get a classification head, decoders an LM head).
 TINY_KINDS: dict[str, str] = {
@@ -65,3 +68,17 @@ def randomize_lora() -> Callable[..., None]:
 
 # Tiny models run fastest on one thread (and do not fight each other when tests run beside other work).
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def qwen_dir(tmp_path: Path) -> Path:
+    """A tiny Qwen2 (GQA; not a registered model) and its tokenizer, saved with save_pretrained into `my-qwen/`:
+    any Hugging Face model, by path."""
+    d = tmp_path / "my-qwen"
+    torch.manual_seed(1)
+    transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+        vocab_size=512, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )).save_pretrained(d)  # fmt: skip
+    tiny_tokenizer(causal=True).save_pretrained(d)
+    return d

@@ -152,3 +152,16 @@ def test_analysis_cli_without_records_is_one_line_naming_the_make_target(tmp_pat
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: no run records")
     assert "make ablation-rank RANK_EXPS=targets_qv RANKS=8,64 SEEDS=0,1" in proc.stderr
+
+
+def test_ablation_report_has_a_csv_beside_its_markdown(tmp_path: Path) -> None:
+    summary = ablation.summarise(load_records(FIXTURE / "runs"))
+    md, csv = ablation.write_report(
+        summary, tmp_path / "analysis" / "ablations.md", header="# Tables 5-6\n\n"
+    )
+    assert (md.name, csv.name) == ("ablations.md", "ablations.csv")
+    assert md.read_text().startswith("# Tables 5-6\n\n## tiny-roberta on rte")
+    table = pd.read_csv(csv)
+    assert list(table.columns) == list(ablation.SUMMARY_COLUMNS) and len(table) == len(summary) == 19
+    qv4 = table[(table["experiment"] == "targets_qv") & (table["r"] == 4)].iloc[0]
+    assert (qv4["seeds"], qv4["n"], qv4["score"]) == ("0 1", 2, 50.0)

@@ -13,7 +13,7 @@ import transformers
 from torch import nn
 
 from lora import architectures, methods
-from lora.architectures import ROLES, fused_slices, resolve_sites, select_layers
+from lora.architectures import ROLES, fused_layout, fused_slices, resolve_sites, select_layers
 from lora.methods.lora import FusedLoRA, LoRAConfig, LoRALinear, inject, lora_modules
 
 _BERT_LIKE = {
@@ -85,6 +85,33 @@ def test_gpt2_q_and_v_share_the_fused_c_attn(make_tiny) -> None:
     }
     assert fused_slices(model, "transformer.h.0.attn.c_attn") == 3
     assert fused_slices(model, "transformer.h.0.attn.c_proj") is None
+    assert fused_layout(model, "transformer.h.0.attn.c_attn") == (
+        ("q", "k", "v"),
+        (32, 32, 32),
+    )  # equal thirds
+
+
+def test_phi3_q_and_v_share_the_fused_qkv_proj_and_ffn_in_is_gate_and_up(make_tiny) -> None:
+    model = make_tiny("tiny-phi3", "causal_lm")
+    assert resolve_sites(model, ["q", "v", "ffn_in"], layers=[1]) == {
+        "model.layers.1.self_attn.qkv_proj": [("q", 0), ("v", 2)],
+        "model.layers.1.mlp.gate_up_proj": [("ffn_in", 0), ("ffn_in", 1)],
+    }
+    assert fused_layout(model, "model.layers.1.self_attn.qkv_proj") == (("q", "k", "v"), (32, 16, 16))
+
+
+def test_fused_widths_that_do_not_add_up_are_a_clear_error(make_tiny, monkeypatch) -> None:
+    phi3 = architectures.ARCHITECTURES["phi3"]
+    bad = dict(phi3.slices) | {
+        "self_attn.qkv_proj": architectures.Fused(("q", "k", "v"), lambda c: (32, 32, 32))
+    }
+    monkeypatch.setitem(architectures.ARCHITECTURES, "phi3", dataclasses.replace(phi3, slices=bad))
+    model = make_tiny("tiny-phi3", "causal_lm")
+    with pytest.raises(
+        ValueError, match=r"qkv_proj is 64 wide, which does not split into its 3 slices q, k, v of "
+    ):
+        inject(model, LoRAConfig(targets=["q"]))
+    assert not lora_modules(model)
 
 
 def test_unknown_role_lists_the_roles_the_model_has(make_tiny) -> None:
@@ -140,8 +167,9 @@ def _fake_config_module() -> nn.Module:
 def test_unsupported_architecture_names_it_and_the_supported_ones(build, named: str) -> None:
     with pytest.raises(
         ValueError, match=rf"unsupported architecture {named}: supported model types are bert, "
-    ):
+    ) as e:
         inject(build(), LoRAConfig())
+    assert str(e.value).endswith("llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3")
 
 
 # --- layers=[...] ------------------------------------------------------------------------------------------------

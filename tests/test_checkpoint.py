@@ -159,3 +159,28 @@ def test_peft_export_reloads_through_peft_to_the_same_logits(
     reloaded = peft.PeftModel.from_pretrained(make_tiny(name), tmp_path).eval()
     torch.testing.assert_close(logits(reloaded, tiny_batch), logits(model, tiny_batch), atol=1e-5, rtol=0)
     assert not torch.allclose(logits(make_tiny(name), tiny_batch), logits(model, tiny_batch), atol=1e-3)
+
+
+def test_assign_loads_a_lora_adapter_into_a_meta_model(make_tiny, randomize_lora, tmp_path) -> None:
+    """assign=True: the saved factors become the parameters of a model built on `meta` (no base weights), which is
+    how lora.export writes a run's peft form; the peft export equals the one of the real model."""
+    from lora.models import build_model
+
+    cfg = LoRAConfig(r=4, alpha=8, targets=["q", "v", "ffn_in"])
+    model, _, report = trained(make_tiny("tiny-phi3", "classification"), randomize_lora, cfg)
+    save_adapter(model, tmp_path / "a", "lora", cfg, report)
+    meta = build_model("tiny-phi3", "classification", pretrained=False, device="meta")
+    load_adapter(meta, tmp_path / "a", assign=True)
+    params, saved = dict(meta.named_parameters()), dict(model.named_parameters())
+    for n in [*report.trainable, *head_parameter_names(meta)]:
+        assert params[n].device.type == "cpu" and torch.equal(params[n], saved[n]), n
+        assert params[n].requires_grad
+    assert params["model.embed_tokens.weight"].is_meta
+    export_peft(model, tmp_path / "real", cfg)
+    export_peft(meta, tmp_path / "meta", cfg)
+    assert (tmp_path / "real" / "adapter_config.json").read_text() == (
+        tmp_path / "meta" / "adapter_config.json"
+    ).read_text()
+    assert (tmp_path / "real" / "adapter_model.safetensors").read_bytes() == (
+        tmp_path / "meta" / "adapter_model.safetensors"
+    ).read_bytes()

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from lora import methods
 from lora.cli import friendly_errors, method_kwargs
+from lora.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +66,7 @@ def test_friendly_errors_prints_one_line_and_exits_2(capsys, monkeypatch) -> Non
 
     @friendly_errors
     def main() -> None:
-        raise ValueError("bad value 'x': use 'y'\nsecond line")
+        raise ConfigError("bad value 'x': use 'y'\nsecond line")
 
     with pytest.raises(SystemExit) as e:
         main()
@@ -76,7 +77,7 @@ def test_friendly_errors_prints_one_line_and_exits_2(capsys, monkeypatch) -> Non
 def test_friendly_errors_keeps_tracebacks_on_request_and_for_bugs(monkeypatch) -> None:
     @friendly_errors
     def bad_input() -> None:
-        raise ValueError("bad")
+        raise ConfigError("bad")
 
     @friendly_errors
     def bug() -> None:
@@ -87,6 +88,19 @@ def test_friendly_errors_keeps_tracebacks_on_request_and_for_bugs(monkeypatch) -
         bad_input()
     monkeypatch.delenv("HYDRA_FULL_ERROR")
     with pytest.raises(ZeroDivisionError):
+        bug()
+
+
+@pytest.mark.parametrize("exc", [ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError])
+def test_only_user_errors_are_one_line_everything_else_keeps_its_traceback(exc: type, monkeypatch) -> None:
+    # A bare built-in exception is a bug somewhere (not a checked input): it must not be hidden as `error:`.
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    @friendly_errors
+    def bug() -> None:
+        raise exc("internal")
+
+    with pytest.raises(exc):
         bug()
 
 

@@ -79,7 +79,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
     env.setdefault("HF_HOME", str(ROOT / ".cache" / "hf"))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "experiments/train.py", *rte_overrides(model_dir, two_dir), "train.batch_size=4",
+         "experiments/train.py", *rte_overrides(model_dir, two_dir), "train.batch_size=8",
          f"hydra.run.dir={two_dir / 'hydra'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -88,7 +88,10 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
 
     (record_path,) = (two_dir / "runs").iterdir()  # exactly one record, no temp files
     two = records.RunRecord.from_json(record_path.read_text())
-    assert two.status == "complete" and two.config["world_size"] == 2 and "world_size" not in one.config
+    # train.batch_size is the global batch: the same config (and hash) on 1 or 2 processes, 4 per process on 2.
+    assert two.status == "complete" and two.config_hash == one.config_hash
+    assert two.effective["batch"] == {"global": 8, "per_device": 4, "world_size": 2, "grad_accum": 1}
+    assert one.effective["batch"] == {"global": 8, "per_device": 8, "world_size": 1, "grad_accum": 1}
     a, b = (
         logged(tmp_path / "one" / "out" / run_name(one) / "metrics.csv"),
         logged(two_dir / "out" / run_name(two) / "metrics.csv"),

@@ -157,7 +157,7 @@ def test_experiment_runs(
     if task_of(experiment) in NLG_TASKS:
         expected = {"e2e": "nist", "webnlg": "bleu_seen", "dart": "ter"}[task_of(experiment)]
         assert expected in record.best["metrics"]  # (the first two WebNLG test inputs are of seen categories)
-        lines = (tmp_path / "results" / f"{run_name(record)}.predictions.txt").read_text().splitlines()
+        lines = (tmp_path / "results" / f"{run_name(record)}.predictions.last.txt").read_text().splitlines()
         assert len(lines) == 2
     else:
         assert 0.0 <= record.best["metrics"]["accuracy"] <= 1.0

@@ -63,14 +63,14 @@ def test_the_task_configs_beam_settings_reach_generate(
 
     monkeypatch.setattr(model, "generate", fake_generate)
     record = records.new_record(spec.raw, experiment="x", model="tiny-gpt2", task=task, method="lora", seed=0)
-    scores = decode_and_score(spec, Run(spec, record, tmp_path, "", None), model, tokenizer)
+    scores = decode_and_score(spec, Run(spec, record, tmp_path, "", None), model, tokenizer, "last")
 
     (call,) = calls  # both inputs in one batch
     kwargs = {k: v for k, v in call.items() if k not in ("input_ids", "attention_mask", "logits_processor")}
     assert kwargs == {
         "num_beams": 10, "length_penalty": length_penalty, "max_new_tokens": 64,
         "early_stopping": "never", "do_sample": False, "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": generation.stop_token_ids(tokenizer),
     }  # fmt: skip
     (banned,) = call["logits_processor"]  # no repeated 4-grams among the generated tokens (not the prompt)
     assert isinstance(banned, generation.GeneratedNoRepeatNGram) and banned.ngram_size == 4
@@ -79,7 +79,7 @@ def test_the_task_configs_beam_settings_reach_generate(
     assert (call["input_ids"][:, -1] == tokenizer.eos_token_id).all()
     assert (call["attention_mask"][:, -1] == 1).all()
     assert (call["attention_mask"].diff(dim=1) >= 0).all()  # zeros (padding) only before the tokens
-    predictions = tmp_path / f"{run_name(record)}.predictions.txt"
+    predictions = tmp_path / f"{run_name(record)}.predictions.last.txt"
     assert predictions.read_text() == "a fine place\na fine place\n"
     assert set(scores) >= {"bleu", "meteor"}
 
@@ -201,12 +201,15 @@ def e2e_run(tmp_path: Path, *extra: str) -> DictConfig:
 def check_e2e_run(record: records.RunRecord, tmp_path: Path) -> None:
     assert record.status == "complete", record.reason
     assert record.experiment == "gpt2_medium_e2e_lora" and record.task == "e2e"
-    # The final model is scored (Appendix D.3), next to its last validation loss.
-    assert record.best["epoch"] == record.epochs[-1]["epoch"]
-    assert set(record.best["metrics"]) == E2E_METRICS | {"eval_loss"}
+    # One epoch: the final model is the best one (lowest plain validation loss); its scores are in `best` and
+    # `last`, next to both validation losses (plain, as the released evaluate(), and label-smoothed).
+    assert record.best["epoch"] == record.last["epoch"] == record.epochs[-1]["epoch"]
+    assert set(record.best["metrics"]) == E2E_METRICS | {"eval_loss", "eval_loss_smoothed"}
+    assert record.best == record.last
     assert record.epochs[-1]["step"] == 4
-    lines = (tmp_path / "results" / f"{run_name(record)}.predictions.txt").read_text().split("\n")
-    assert len(lines) == 3 + 1 and lines[-1] == ""  # one line per decoded input, newline-terminated
+    for which in ("best", "last"):
+        lines = (tmp_path / "results" / f"{run_name(record)}.predictions.{which}.txt").read_text().split("\n")
+        assert len(lines) == 3 + 1 and lines[-1] == ""  # one line per decoded input, newline-terminated
     assert (tmp_path / "outputs" / run_name(record) / "adapter").is_dir()
     on_disk = tmp_path / "results" / records.record_filename(record)
     assert records.RunRecord.from_json(on_disk.read_text()).best == record.best

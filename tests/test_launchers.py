@@ -87,14 +87,15 @@ def test_submitit_local_sweep_runs_two_jobs(tmp_path: Path) -> None:
 @pytest.mark.skipif(not GLUE.is_dir(), reason=f"GLUE data not found at {GLUE} (../shared/data)")
 def test_submitit_tasks_of_one_job_train_one_ddp_run(tmp_path: Path) -> None:
     """tasks_per_node=2 (as on SLURM with 2 GPUs per run): the 2 tasks join one DDP run (lora.train sets RANK,
-    WORLD_SIZE, ... from submitit's environment), so each step takes 2 x 4 examples and only rank 0 writes."""
+    WORLD_SIZE, ... from submitit's environment), so each step takes the global batch of 8 as 2 x 4 examples and
+    only rank 0 writes."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env |= {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.setdefault("HF_HOME", str(ROOT / ".cache" / "hf"))
     proc = subprocess.run(
         [sys.executable, "experiments/train.py", "-m", "hydra/launcher=submitit_local",
          "hydra.launcher.tasks_per_node=2", "model=tiny-bert", "task=rte", "method=lora", f"data_dir={GLUE}",
-         "task.max_train_samples=32", "task.max_eval_samples=8", "train.max_steps=4", "train.batch_size=4",
+         "task.max_train_samples=32", "task.max_eval_samples=8", "train.max_steps=4", "train.batch_size=8",
          "train.logging_steps=1", "logger=csv", "train.progress=false", "device=cpu",
          f"results_dir={tmp_path / 'runs'}", f"output_dir={tmp_path / 'out'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
@@ -110,3 +111,40 @@ def test_submitit_tasks_of_one_job_train_one_ddp_run(tmp_path: Path) -> None:
         "3,epoch,0.75",
         "4,epoch,1.0",
     ]  # 32 rows = 4 steps of 8
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.skipif(not GLUE.is_dir(), reason=f"GLUE data not found at {GLUE} (../shared/data)")
+@pytest.mark.parametrize(
+    "launcher_name", ["parallel", pytest.param("submitit_local", marks=pytest.mark.slow)]
+)
+def test_mnli_first_rows_run_in_two_stages_under_any_launcher(launcher_name: str, tmp_path: Path) -> None:
+    """`make glue-roberta TASKS=mnli,rte`: the MNLI stage completes before the RTE stage starts (one sweep each), so
+    a launcher that runs a sweep's jobs at once still gives RTE its MNLI start, of the same seed and method config."""
+    from tests.test_train import fake_mnli
+
+    data = fake_mnli(tmp_path / "glue")
+    (data / "RTE").symlink_to(GLUE / "RTE")
+    extra = (
+        f"model=tiny-roberta data_dir={data} task.max_train_samples=16 task.max_eval_samples=8 train.epochs=1 "
+        f"train.batch_size=8 train.progress=false device=cpu results_dir={tmp_path / 'runs'} "
+        f"output_dir={tmp_path / 'out'} hydra.sweep.dir={tmp_path / 'sweep'}"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MAKEFLAGS", "MAKELEVEL")}
+    env |= {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        ["make", "glue-roberta", "TASKS=mnli,rte", "SEEDS=0,1", "METHODS=lora", f"LAUNCHER={launcher_name}",
+         f"VENV={Path(sys.executable).parent.parent}", f"EXTRA={extra}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    assert proc.stdout.index("stage 1: mnli") < proc.stdout.index("stage 2 (from MNLI): rte")
+    done = {(r.task, r.seed): r for r in records.load_records(tmp_path / "runs")}
+    assert sorted(done) == [("mnli", 0), ("mnli", 1), ("rte", 0), ("rte", 1)]
+    assert all(r.status == "complete" for r in done.values())
+    for seed in (0, 1):  # each RTE run started from the MNLI run of its own seed
+        rte, mnli = done["rte", seed], done["mnli", seed]
+        assert rte.config["init"]["record"] == mnli.config_hash
+        assert rte.effective["init"]["path"].endswith(
+            f"{records.record_filename(mnli).removesuffix('.json')}/adapter"
+        )

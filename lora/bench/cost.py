@@ -40,6 +40,7 @@ from lora.bench.timing import (
     write_report,
 )
 from lora.bench.training import make_inputs, training_step
+from lora.errors import ConfigError
 from lora.methods.lora import LoRAConfig
 from lora.models import build_model, spec
 
@@ -64,15 +65,19 @@ class CostConfig:
 
     def __post_init__(self) -> None:
         if spec(self.model).family != "gpt2":
-            raise ValueError(f"the cost curve varies GPT-2's width; {self.model!r} is not a GPT-2 model")
+            raise ConfigError(f"the cost curve varies GPT-2's width; {self.model!r} is not a GPT-2 model")
         bad = [w for w in self.widths if w < self.head_dim or w % self.head_dim]
         if not self.widths or bad:
-            raise ValueError(f"widths must be multiples of head_dim={self.head_dim}, got {list(self.widths)}")
+            raise ConfigError(
+                f"widths must be multiples of head_dim={self.head_dim}, got {list(self.widths)}"
+            )
         if not self.ranks or min(self.ranks) < 1 or self.width_rank < 1:
-            raise ValueError(f"ranks must be positive integers, got {list(self.ranks)} and {self.width_rank}")
+            raise ConfigError(
+                f"ranks must be positive integers, got {list(self.ranks)} and {self.width_rank}"
+            )
         for name in ("layers", "batch", "seq", "reps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def width(self) -> int:

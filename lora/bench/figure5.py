@@ -36,6 +36,7 @@ from lora.bench.timing import (
     threads_line,
     write_report,
 )
+from lora.errors import ConfigError
 from lora.models import build_model, spec
 
 
@@ -62,11 +63,11 @@ class Figure5Config:
         for name in ("batches", "seqs", "bottlenecks"):
             values = getattr(self, name)
             if not values or any(v < 1 for v in values):
-                raise ValueError(f"{name} must be a non-empty list of positive integers, got {values}")
+                raise ConfigError(f"{name} must be a non-empty list of positive integers, got {values}")
         if self.layers is not None and self.layers < 1:
-            raise ValueError(f"layers must be >= 1 (or None for the model's own), got {self.layers}")
+            raise ConfigError(f"layers must be >= 1 (or None for the model's own), got {self.layers}")
         if self.reps < 1 or self.warmup < 0:
-            raise ValueError(f"need reps >= 1 and warmup >= 0, got reps={self.reps}, warmup={self.warmup}")
+            raise ConfigError(f"need reps >= 1 and warmup >= 0, got reps={self.reps}, warmup={self.warmup}")
 
 
 FULL = Figure5Config(

@@ -39,6 +39,7 @@ from lora.bench.timing import (
     threads_line,
     write_report,
 )
+from lora.errors import ConfigError, InputNotFound
 from lora.methods.lora import LoRAConfig, lora_modules, merge
 from lora.models import build_model
 from lora.params import count_parameters
@@ -86,9 +87,9 @@ class LatencyConfig:
 
     def __post_init__(self) -> None:
         if not self.settings:
-            raise ValueError("no latency settings to run")
+            raise ConfigError("no latency settings to run")
         if self.reps < 1:
-            raise ValueError(f"reps must be >= 1, got {self.reps}")
+            raise ConfigError(f"reps must be >= 1, got {self.reps}")
 
 
 @dataclass
@@ -121,7 +122,7 @@ def parse_count(label: str) -> int:
             return round(float(text[:-1]) * scale[text[-1]])
         return int(text)
     except ValueError:
-        raise ValueError(
+        raise ConfigError(
             f"cannot read the parameter count {label!r}: expected e.g. 0.5M, 11M or 20K"
         ) from None
 
@@ -129,7 +130,7 @@ def parse_count(label: str) -> int:
 def read_paper(path: Path = PAPER_CSV) -> dict[tuple[str, str], dict[str, str]]:
     """The paper's Table 1 as {(setting, method): csv row}; methods FT/LoRA, AdapterL, AdapterH."""
     if not path.exists():
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"{path} not found: the paper's Table 1 is read from results/paper/table1_latency.csv"
         )
     with path.open(newline="") as f:
@@ -161,7 +162,7 @@ def settings_for(mode: str, path: Path = PAPER_CSV) -> tuple[tuple[Setting, ...]
         ours = tuple(replace(s, batch=1, seq=max(s.seq // 4, 8)) for s in paper)
         note = "quick check: batch size 1 and sequence length / 4 in every setting"
     else:
-        raise ValueError(f"unknown latency mode {mode!r}: choose full, cpu or quick")
+        raise ConfigError(f"unknown latency mode {mode!r}: choose full, cpu or quick")
     changed = [f"{s.name} {s.paper_batch}x{s.paper_seq} -> {s.batch}x{s.seq}" for s in ours if s.scaled]
     return ours, note + (f" ({'; '.join(changed)})" if changed else "")
 

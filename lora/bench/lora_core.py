@@ -45,6 +45,7 @@ from lora.bench.timing import (
     threads_line,
     write_report,
 )
+from lora.errors import ConfigError
 from lora.methods.lora import LoRAConfig, merge
 from lora.models import build_model, head_parameter_names
 
@@ -76,9 +77,9 @@ class CoreConfig:
     def __post_init__(self) -> None:
         for name in ("batch", "seq", "reps", "fwd_reps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not hasattr(torch, self.dtype) or not isinstance(getattr(torch, self.dtype), torch.dtype):
-            raise ValueError(f"unknown dtype {self.dtype!r}: use float32, bfloat16 or float16")
+            raise ConfigError(f"unknown dtype {self.dtype!r}: use float32, bfloat16 or float16")
 
 
 QUICK = CoreConfig(batch=4, seq=64, reps=3, fwd_reps=2)
@@ -140,7 +141,9 @@ def with_peft_lora(base: nn.Module, cfg: CoreConfig) -> nn.Module:
     model = copy.deepcopy(base)
     sites = resolve_sites(model, list(cfg.targets))
     if any(s is not None for uses in sites.values() for _, s in uses):
-        raise ValueError(f"{cfg.model} fuses q, k and v in one module; compare with peft on an unfused model")
+        raise ConfigError(
+            f"{cfg.model} fuses q, k and v in one module; compare with peft on an unfused model"
+        )
     lora_cfg = peft.LoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=list(sites), task_type="SEQ_CLS"
     )

@@ -24,6 +24,7 @@ from lora.bench.latency import sharing_copy
 from lora.bench.timing import load_average, machine_lines, markdown_table, write_report
 from lora.bench.training import ALL_METHODS, config_label, configure, model_kind
 from lora.checkpoint import WEIGHTS, save_adapter
+from lora.errors import ConfigError
 from lora.models import build_model, head_parameter_names, spec
 from lora.params import count_parameters
 
@@ -46,7 +47,7 @@ class StorageConfig:
         for m in self.methods:
             methods.method_config(m)
         if not set(self.verify) <= set(self.models):
-            raise ValueError(f"verify {self.verify} must be among models {self.models}")
+            raise ConfigError(f"verify {self.verify} must be among models {self.models}")
 
 
 @dataclass(frozen=True)

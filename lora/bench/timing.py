@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lora.errors import ConfigError
+
 MiB = 2**20
 
 
@@ -85,7 +87,7 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU: use --device cpu")
+        raise ConfigError(f"device {device!r} requested but torch sees no CUDA GPU: use --device cpu")
     return dev
 
 
@@ -105,7 +107,7 @@ def interleaved(
     """Time every function `reps` times, interleaved (one round = each once, order rotated by one per round),
     after `warmup` untimed rounds. Returns one `Stats` per name."""
     if reps < 1 or warmup < 0:
-        raise ValueError(f"need reps >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
+        raise ConfigError(f"need reps >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
     names = list(fns)
     samples: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
@@ -130,10 +132,10 @@ def paired_ratio(num: Stats, den: Stats, clock: str = "wall") -> Ratio:
     """num / den of the `wall` or `cpu` clock: the median and range of the per-round ratios, and the ratio of the
     minima."""
     if clock not in ("wall", "cpu"):
-        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+        raise ConfigError(f"clock must be 'wall' or 'cpu', got {clock!r}")
     a, b = (num.samples, den.samples) if clock == "wall" else (num.cpu, den.cpu)
     if len(a) != len(b) or not a:
-        raise ValueError(f"cannot pair {len(a)} samples with {len(b)}")
+        raise ConfigError(f"cannot pair {len(a)} samples with {len(b)}")
     r = [x / y for x, y in zip(a, b, strict=True)]
     return Ratio(statistics.median(r), min(r), max(r), min(a) / min(b))
 
@@ -142,7 +144,7 @@ def set_threads(threads: int | None) -> None:
     """Set torch's intra-op threads (None: leave torch's default)."""
     if threads is not None:
         if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+            raise ConfigError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
 
 

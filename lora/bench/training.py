@@ -46,7 +46,8 @@ from lora.bench.timing import (
     threads_line,
     write_report,
 )
-from lora.models import build_model, head_parameter_names, is_classifier, spec
+from lora.errors import ConfigError
+from lora.models import build_model, default_kind, head_parameter_names, is_classifier, spec
 
 TRAINING_METHODS = (
     "full",
@@ -109,8 +110,8 @@ def config_label(cfg: Any) -> str:
 
 
 def model_kind(model: str) -> str:
-    """GPT-2 is trained as a causal LM (the paper's NLG tasks), the encoders as sequence classifiers (GLUE)."""
-    return "causal_lm" if spec(model).family in ("gpt2", "llama") else "classification"
+    """Decoders (GPT-2, ...) are trained as causal LMs (the paper's NLG tasks), encoders as sequence classifiers."""
+    return default_kind(model)
 
 
 @dataclass(frozen=True)
@@ -131,9 +132,9 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         for name in ("batch", "seq", "reps", "large_reps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if REFERENCE not in self.methods:
-            raise ValueError(
+            raise ConfigError(
                 f"methods must include {REFERENCE!r}: every ratio is taken against full fine-tuning"
             )
         for m in self.methods:

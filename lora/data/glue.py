@@ -28,6 +28,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dat
 from datasets.exceptions import DatasetNotFoundError
 
 from lora.data.polarity import cache_root, load_polarity
+from lora.errors import ConfigError, InputNotFound
 
 ENV_DIR = "LORA_GLUE_DIR"
 HUB_PATH = "nyu-mll/glue"
@@ -120,7 +121,7 @@ TASKS: dict[str, TaskSpec] = {
 
 def get_task(task: str) -> TaskSpec:
     if task not in TASKS:
-        raise ValueError(f"unknown GLUE task {task!r}; valid tasks: {', '.join(TASKS)}")
+        raise ConfigError(f"unknown GLUE task {task!r}; valid tasks: {', '.join(TASKS)}")
     return TASKS[task]
 
 
@@ -145,13 +146,13 @@ def load_glue(task: str, data_dir: str | None = None) -> DatasetDict:
     if root is None:
         return _load_hub(spec)
     if not Path(root).is_dir():
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"GLUE data dir {root} does not exist; set data_dir=/path/to/glue or export {ENV_DIR}=/path/to/glue "
             f"to a folder holding {spec.folder}/ ({_layout(spec, '<dir>')})"
         )
     folder = Path(root) / spec.folder
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"no {spec.folder}/ folder in GLUE data dir {root}; expected {_layout(spec, root)} "
             "(the layout of GLUE's download_glue_data.py)"
         )
@@ -161,12 +162,27 @@ def load_glue(task: str, data_dir: str | None = None) -> DatasetDict:
     )
 
 
+def data_source(task: str, data_dir: str | None = None) -> tuple[Path, list[Path]] | str:
+    """What `load_glue(task, data_dir)` reads: (task folder, files) for a local copy, else a name (`hub:...`; the
+    built-in polarity csv by its pinned sha256). For the run's data fingerprint (lora.data.fingerprint)."""
+    spec = get_task(task)
+    if spec.name == "polarity":
+        from lora.data.polarity import SHA256
+
+        return f"polarity:sha256:{SHA256}"
+    root = data_dir or os.environ.get(ENV_DIR) or None
+    if root is None:
+        return f"hub:{HUB_PATH}/{spec.hub_config}"
+    folder = Path(root) / spec.folder
+    return folder, [folder / name for name in spec.files.values()]
+
+
 def _load_hub(spec: TaskSpec) -> DatasetDict:
     try:
         raw = load_dataset(HUB_PATH, spec.hub_config)
     except (ConnectionError, DatasetNotFoundError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"GLUE task {spec.name!r}: no local data given and the hub dataset {HUB_PATH} is unreachable "
             f"({reason}); point at a local GLUE copy with data_dir=/path/to/glue (Hydra override) or "
             f"`export {ENV_DIR}=/path/to/glue`, laid out as {_layout(spec, '/path/to/glue')}"
@@ -177,20 +193,20 @@ def _load_hub(spec: TaskSpec) -> DatasetDict:
 def _read_tsv(spec: TaskSpec, path: Path) -> dict[str, list]:
     """Read one GLUE tsv into hub columns. Quoting is off: GLUE text has unbalanced quotes."""
     if not path.is_file():
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"{path} not found; GLUE task {spec.name!r} needs {_layout(spec, path.parents[1])}"
         )
     with path.open(encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's byte-order mark
         rows = [row for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if row]
     header = rows.pop(0) if rows and spec.n_fields is None else None
     if not rows:
-        raise ValueError(f"{path} has no data rows; it is empty or cut off: download it again")
+        raise ConfigError(f"{path} has no data rows; it is empty or cut off: download it again")
     if header is None:
         n_fields, index = spec.n_fields, spec.columns
     else:
         missing = [name for name in spec.columns.values() if name not in header]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: header {header} lacks columns {missing} that GLUE {spec.name!r} needs; "
                 "is it the right task's file?"
             )
@@ -198,7 +214,7 @@ def _read_tsv(spec: TaskSpec, path: Path) -> dict[str, list]:
     out: dict[str, list] = {col: [] for col in [*spec.text_fields, "label", "idx"]}
     for line, row in enumerate(rows, start=1 if header is None else 2):
         if len(row) != n_fields:
-            raise ValueError(
+            raise ConfigError(
                 f"{path} line {line}: {len(row)} tab-separated fields, expected {n_fields}; the file is damaged "
                 "or not GLUE's tsv: download it again"
             )
@@ -225,7 +241,7 @@ def _parse_label(spec: TaskSpec, value: str, path: Path, line: int) -> int | flo
     allowed = (
         "a score in [0, 5]" if names is None else names if spec.string_labels else list(range(len(names)))
     )
-    raise ValueError(
+    raise ConfigError(
         f"{path} line {line}: bad {spec.name} label {value!r}, expected {allowed}; is the file damaged?"
     )
 
@@ -235,7 +251,7 @@ def subsample(ds: Dataset | DatasetDict, n: int, seed: int = 0) -> Dataset | Dat
     if isinstance(ds, DatasetDict):
         return DatasetDict({split: subsample(d, n, seed) for split, d in ds.items()})
     if n <= 0:
-        raise ValueError(f"subsample size must be positive, got {n}")
+        raise ConfigError(f"subsample size must be positive, got {n}")
     if n >= len(ds):
         return ds
     rows = np.sort(np.random.default_rng(seed).choice(len(ds), size=n, replace=False))
@@ -275,7 +291,7 @@ def tokenize_glue(ds: DatasetDict, tokenizer, task: str, max_length: int) -> Dat
     """
     spec = get_task(task)
     if max_length <= 0:
-        raise ValueError(f"max_length must be positive, got {max_length}")
+        raise ConfigError(f"max_length must be positive, got {max_length}")
     parts = [_CACHE_FORMAT, tokenizer_fingerprint(tokenizer), task, max_length]
     parts += sorted((split, d._fingerprint) for split, d in ds.items())
     key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]

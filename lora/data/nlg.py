@@ -24,12 +24,15 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from lora.errors import ConfigError, InputNotFound
+from lora.textfiles import read_utf8
 
 TASKS = ("e2e", "webnlg", "dart")
 SPLITS = ("train", "validation", "test")
@@ -117,7 +120,7 @@ _MR_SLOT = re.compile(r"([^\[\],]+)\[([^\]]*)\]")
 def linearize_e2e_mr(mr: str, tokenize: bool = True) -> str:
     """`name[The Vaults], priceRange[£20-25]` -> `name : The Vaults | price : £ 20 - 25` (paper's format)."""
     if not _MR.fullmatch(mr):
-        raise ValueError(f"not an E2E meaning representation (expected 'key[value], ...'): {mr!r}")
+        raise ConfigError(f"not an E2E meaning representation (expected 'key[value], ...'): {mr!r}")
     slots = [(E2E_KEYS.get(k.strip(), k.strip()), v) for k, v in _MR_SLOT.findall(mr)]
     return " | ".join(f"{k} : {e2e_word_tokenize(v) if tokenize else v}" for k, v in slots)
 
@@ -130,7 +133,7 @@ def linearize_triples(triples: Iterable[Sequence[str]], lowercase_relation: bool
 def _split_triple(text: str, where: str) -> tuple[str, str, str]:
     parts = text.split(" | ")  # not stripped: DART subjects keep their spaces, as in its JSON release
     if len(parts) != 3:
-        raise ValueError(f"{where}: triple {text!r} does not split into 'subject | property | object'")
+        raise ConfigError(f"{where}: triple {text!r} does not split into 'subject | property | object'")
     return parts[0], parts[1], parts[2]
 
 
@@ -160,10 +163,26 @@ def read_e2e_csv(path: str | Path, tokenize: bool = True) -> list[NLGExample]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if not {"mr", "ref"} <= set(reader.fieldnames or []):
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: columns {reader.fieldnames}, expected 'mr' and 'ref' (E2E release csv)"
             )
         return _e2e_examples(((row["mr"], row["ref"]) for row in reader), tokenize)
+
+
+def read_e2e_lora_txt(path: str | Path) -> list[NLGExample]:
+    """The paper's own E2E files (microsoft/LoRA examples/NLG/data/e2e/{train,valid,test}.txt): one
+    `source||reference` line per reference, grouped by source in order of first appearance, as
+    format_converting_e2e.py and gpt2_decode.py read them (the source as written, the reference stripped)."""
+    groups: dict[str, list[str]] = {}
+    text = read_utf8(path)
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        source, sep, ref = line.strip().partition("||")
+        if not sep:
+            raise ConfigError(f"{path}:{n}: no '||' between source and reference")
+        groups.setdefault(source, []).append(ref.strip())
+    return [NLGExample(src, tuple(refs)) for src, refs in groups.items()]
 
 
 def read_webnlg_xml(paths: Iterable[str | Path]) -> list[NLGExample]:
@@ -191,15 +210,16 @@ def read_webnlg_json(path: str | Path) -> list[NLGExample]:
     return examples
 
 
-def _dart_example(triples: Iterable[Sequence[str]], texts: Iterable[str]) -> NLGExample:
-    refs = tuple(t for t in texts if t and t.strip())
-    return NLGExample(linearize_triples(triples, lowercase_relation=True), refs)
+def _dart_example(triples: Iterable[Sequence[str]], texts: Iterable[str | None]) -> NLGExample:
+    """Every annotation is a reference, an empty one too (the released format_converting_dart.py writes one line
+    per annotation whatever its text; test entry Id116 has an empty one, which the released scorer keeps)."""
+    return NLGExample(linearize_triples(triples, lowercase_relation=True), tuple(t or "" for t in texts))
 
 
 def read_dart_json(path: str | Path) -> list[NLGExample]:
     """DART v1.1.1 JSON (`[{"tripleset": [[s, r, o], ...], "annotations": [{"text": ...}]}]`)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return [_dart_example(e["tripleset"], (a["text"] for a in e["annotations"])) for e in data]
+    return [_dart_example(e["tripleset"], (a.get("text") for a in e["annotations"])) for e in data]
 
 
 def read_dart_xml(path: str | Path) -> list[NLGExample]:
@@ -225,21 +245,54 @@ def _find_files(task: str, split: str, folder: Path) -> list[Path]:
             return files
     present = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     shown = ", ".join(present[:15]) + (f", ... ({len(present)} files)" if len(present) > 15 else "")
-    raise FileNotFoundError(
+    raise InputNotFound(
         f"no {task} {split} data in {folder}: expected one of {patterns}; found: {shown or 'nothing'}"
     )
 
 
-def _read_local(task: str, split: str, data_dir: Path, tokenize_e2e: bool) -> list[NLGExample]:
+# The paper's own E2E files, per split (microsoft/LoRA examples/NLG/data/e2e/; ../shared/data has valid and test)
+E2E_PAPER_FILES = {"train": "lora_format/train.txt", "validation": "lora_format/valid.txt",
+                   "test": "lora_format/test.txt"}  # fmt: skip
+
+
+def _read_local(
+    task: str, split: str, data_dir: Path, tokenize_e2e: bool, references: str = "paper"
+) -> list[NLGExample]:
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"data_dir {data_dir} does not exist; expected a folder with {_LAYOUT[task]}")
+        raise InputNotFound(f"data_dir {data_dir} does not exist; expected a folder with {_LAYOUT[task]}")
     folder = data_dir / _SUBDIR[task] if (data_dir / _SUBDIR[task]).is_dir() else data_dir
+    if task == "e2e" and references == "paper" and (folder / E2E_PAPER_FILES[split]).is_file():
+        return read_e2e_lora_txt(folder / E2E_PAPER_FILES[split])
     files = _find_files(task, split, folder)
     if task == "e2e":
         return read_e2e_csv(files[0], tokenize_e2e)
     if task == "webnlg":
         return read_webnlg_json(files[0]) if files[0].suffix == ".json" else read_webnlg_xml(files)
     return read_dart_json(files[0]) if files[0].suffix == ".json" else read_dart_xml(files[0])
+
+
+def data_source(
+    task: str, data_dir: str | Path | None = None, references: str = "paper"
+) -> tuple[Path, list[Path]] | str:
+    """What `load_nlg` reads for every split of `task`: (task folder, files) for a local copy, else `hub:<name>`. For the
+    run's data fingerprint (lora.data.fingerprint). A split with no file is left out (loading it fails clearly)."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; expected one of {TASKS}")
+    data_dir = data_dir or os.environ.get(ENV_VAR)
+    if not data_dir:
+        return f"hub:{HUB[task][0]}"
+    root = Path(data_dir)
+    folder = root / _SUBDIR[task] if (root / _SUBDIR[task]).is_dir() else root
+    files: list[Path] = []
+    for split in SPLITS:
+        if task == "e2e" and references == "paper" and (folder / E2E_PAPER_FILES[split]).is_file():
+            files.append(folder / E2E_PAPER_FILES[split])
+            continue
+        for pattern in _FILES[task][split]:
+            if found := sorted(folder.glob(pattern)):
+                files += found
+                break
+    return folder, files
 
 
 def _read_hub(task: str, split: str, tokenize_e2e: bool) -> list[NLGExample]:
@@ -250,7 +303,7 @@ def _read_hub(task: str, split: str, tokenize_e2e: bool) -> list[NLGExample]:
 
         rows: Any = load_dataset(name, config, split=hub_split)
     except Exception as err:  # offline, unknown id, script-based repo, ...: all end the same way
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"{task}: no data_dir given, ${ENV_VAR} is unset, and hub dataset {name!r} did not load "
             f"({type(err).__name__}); pass data_dir= or set {ENV_VAR} to a folder holding {_LAYOUT[task]}"
         ) from err
@@ -272,7 +325,12 @@ def _read_hub(task: str, split: str, tokenize_e2e: bool) -> list[NLGExample]:
 
 
 def load_nlg(
-    task: str, split: str, data_dir: str | Path | None = None, *, tokenize_e2e: bool = True
+    task: str,
+    split: str,
+    data_dir: str | Path | None = None,
+    *,
+    tokenize_e2e: bool = True,
+    references: str = "paper",
 ) -> list[NLGExample]:
     """Examples of `task` ("e2e" | "webnlg" | "dart") and `split` ("train" | "validation" | "test").
 
@@ -280,15 +338,31 @@ def load_nlg(
     lexicalisation (dev 871 of 872, test 1862) and per DART tripleset (dev 2768). `data_dir` may be the
     folder holding `e2e/`, `webnlg_challenge_2017/`, `dart/` (as ../shared/data) or one task's folder.
     `tokenize_e2e=False` keeps the E2E release text instead of the paper's word tokenisation.
+    E2E with `references="paper"` reads the paper's own files (`e2e/lora_format/{train,valid,test}.txt`) where they
+    exist: the paper scored against those references, and 126 of the 4,693 test references differ from any
+    re-tokenisation of the official csv; `references="official"` always reads the csv.
     """
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        raise ConfigError(f"unknown task {task!r}; expected one of {TASKS}")
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        raise ConfigError(f"unknown split {split!r}; expected one of {SPLITS}")
     data_dir = data_dir or os.environ.get(ENV_VAR)
     if data_dir:
-        return _read_local(task, split, Path(data_dir), tokenize_e2e)
+        return _read_local(task, split, Path(data_dir), tokenize_e2e, references)
     return _read_hub(task, split, tokenize_e2e)
+
+
+def merge_by_source(examples: Iterable[NLGExample]) -> list[NLGExample]:
+    """One example per distinct source, in order of first occurrence, with the references of every entry that
+    shares it (the released gpt2_decode.py keys its references by source: DART's 5,097 test entries are 4,159
+    inputs; WebNLG's 1,862 are all distinct). Category fields are those of the first occurrence."""
+    merged: dict[str, NLGExample] = {}
+    for ex in examples:
+        first = merged.get(ex.source)
+        merged[ex.source] = (
+            ex if first is None else replace(first, references=first.references + ex.references)
+        )
+    return list(merged.values())
 
 
 def training_pairs(examples: Iterable[NLGExample]) -> list[tuple[str, str]]:
@@ -301,15 +375,15 @@ def training_pairs(examples: Iterable[NLGExample]) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _eos_id(tokenizer: PreTrainedTokenizerBase) -> int:
+def eos_id(tokenizer: PreTrainedTokenizerBase) -> int:
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"{type(tokenizer).__name__} has no eos token; set tokenizer.eos_token first")
+        raise ConfigError(f"{type(tokenizer).__name__} has no eos token; set tokenizer.eos_token first")
     return tokenizer.eos_token_id
 
 
 def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The tokenizer's pad id, else its eos id (GPT-2 has no pad token)."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_id(tokenizer)
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer)
 
 
 def build_prompt(
@@ -320,7 +394,7 @@ def build_prompt(
 
     Returns {"input_ids": [L], "attention_mask": [L]} with L <= max_length.
     """
-    ids = tokenizer.encode(source, add_special_tokens=False) + [_eos_id(tokenizer)]
+    ids = tokenizer.encode(source, add_special_tokens=False) + [eos_id(tokenizer)]
     if max_length is not None:
         ids = ids[-max_length:]
     return {"input_ids": ids, "attention_mask": [1] * len(ids)}
@@ -337,9 +411,11 @@ def build_lm_features(
     too-long sequence loses its tail.
     """
     prompt = build_prompt(source, tokenizer)["input_ids"]
-    completion = tokenizer.encode(" " + target, add_special_tokens=False) + [_eos_id(tokenizer)]
+    completion = tokenizer.encode(" " + target, add_special_tokens=False) + [eos_id(tokenizer)]
     if len(prompt) >= max_length:
-        raise ValueError(f"source + separator is {len(prompt)} tokens: no room for a target in {max_length=}")
+        raise ConfigError(
+            f"source + separator is {len(prompt)} tokens: no room for a target in {max_length=}"
+        )
     input_ids = (prompt + completion)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt) + completion)[:max_length]
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}

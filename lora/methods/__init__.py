@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from lora.errors import ConfigError
 from lora.methods import adapters, bitfit, frozen, full, lora, prefix
 from lora.methods.base import Injection
 
@@ -36,12 +37,12 @@ METHODS: dict[str, MethodSpec] = {
 def method_config(name: str, **kwargs: Any) -> Any:
     """Build (and so validate) the config dataclass of method `name` from keyword arguments."""
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
     cls = METHODS[name][0]
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(kwargs) - known)
     if unknown:
-        raise ValueError(f"method {name!r} has no option(s) {unknown}; its options are {sorted(known)}")
+        raise ConfigError(f"method {name!r} has no option(s) {unknown}; its options are {sorted(known)}")
     return cls(**kwargs)
 
 
@@ -49,7 +50,7 @@ def apply(model: nn.Module, name: str, cfg: Any, head: list[str] | tuple[str, ..
     """Freeze `model`, inject method `name` with config `cfg`, and make trainable exactly the parameters the method
     reports plus `head` (the task head's parameter names). Returns the injection report."""
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
     for p in model.parameters():
         p.requires_grad_(False)
     report = METHODS[name][1](model, cfg)

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from lora.errors import ConfigError
+
 
 @dataclass
 class Injection:
@@ -38,7 +40,7 @@ def parameter_names(model: nn.Module, module: nn.Module, names: list[str]) -> li
     for path, m in model.named_modules():
         if m is module:
             return [f"{path}.{n}" if path else n for n in names]
-    raise ValueError("module is not part of the model")
+    raise ConfigError("module is not part of the model")
 
 
 class Projection(nn.Module):

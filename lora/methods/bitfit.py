@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from lora.errors import ConfigError
 from lora.methods.base import Injection
 
 
@@ -32,5 +33,5 @@ def inject(model: nn.Module, cfg: BitFitConfig) -> Injection:
             seen.add(id(bias))
             names.append(f"{path}.bias" if path else "bias")
     if not names:
-        raise ValueError(f"bitfit: this {model.config.model_type} model has no bias terms to train")
+        raise ConfigError(f"bitfit: this {model.config.model_type} model has no bias terms to train")
     return Injection(method="bitfit", trainable=names)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from lora.architectures import layer_list
+from lora.errors import ConfigError
 from lora.methods.base import Injection
 
 
@@ -27,7 +28,7 @@ class TopLayersConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.n_layers, bool) or not isinstance(self.n_layers, int) or self.n_layers <= 0:
-            raise ValueError(f"ft_top2 n_layers must be a positive integer, got {self.n_layers!r}")
+            raise ConfigError(f"ft_top2 n_layers must be a positive integer, got {self.n_layers!r}")
 
 
 def inject_full(model: nn.Module, cfg: FullConfig) -> Injection:
@@ -39,7 +40,7 @@ def inject_top(model: nn.Module, cfg: TopLayersConfig) -> Injection:
     """Every parameter of the last `n_layers` transformer layers (not the embeddings, not the final norm)."""
     prefix, blocks = layer_list(model)
     if cfg.n_layers > len(blocks):
-        raise ValueError(f"ft_top2 n_layers={cfg.n_layers} exceeds the model's {len(blocks)} layers")
+        raise ConfigError(f"ft_top2 n_layers={cfg.n_layers} exceeds the model's {len(blocks)} layers")
     first = len(blocks) - cfg.n_layers
     names = [f"{prefix}.{i}.{n}" for i in range(first, len(blocks)) for n, _ in blocks[i].named_parameters()]
     return Injection(method="ft_top2", trainable=names)

@@ -10,18 +10,28 @@ After training, W = W0 + (alpha / r) B A can be merged into the weight: no extra
 
 GPT-2 keeps W_q, W_k, W_v in one fused `c_attn` (Conv1D, weight (d, 3d)). LoRA on "q and v" there adapts only those
 two output slices, each with its own rank-r A and B, as the paper's GPT-2 code does; the k slice is untouched.
+Phi-3's `qkv_proj` is the same with slices of different widths under grouped-query attention (q: heads x head_dim,
+k and v: kv_heads x head_dim each), and its `gate_up_proj` two equal halves (gate, up): `FusedLoRA` takes the slice
+widths, and each adapted slice's B is as tall as its own slice.
+
+`unload(model)` gives the plain transformers model back: LoRA merged into the weights (or dropped with
+merge=False) and every wrapper replaced by a module of the original type (`nn.Linear` / `Conv1D`) holding the same
+weight and bias tensors, so `save_pretrained` writes a checkpoint with no trace of this package.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
-from lora.architectures import ROLES, SLICE_NAMES, fused_slices, resolve_sites
+from lora.architectures import ROLES, SLICE_NAMES, fused_layout, resolve_sites
+from lora.errors import ConfigError
 from lora.methods.base import Injection, Projection, get_module, parameter_names, set_module
 
 
@@ -40,20 +50,24 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
-            raise ValueError(f"LoRA rank r must be a positive integer, got {self.r!r}")
+            raise ConfigError(f"LoRA rank r must be a positive integer, got {self.r!r}")
         if not self.alpha > 0:
-            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha!r}")
+            raise ConfigError(f"LoRA alpha must be > 0, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
         # A bare string (`method.targets=qv` on the command line) is one role name, not a list of characters.
         self.targets = [self.targets] if isinstance(self.targets, str) else list(self.targets)
         if not self.targets:
-            raise ValueError("LoRA targets must name at least one role, e.g. targets=[q,v]")
+            raise ConfigError("LoRA targets must name at least one role, e.g. targets=[q,v]")
         bad = [t for t in self.targets if t not in ROLES]
         if bad:
-            raise ValueError(f"unknown LoRA target(s) {bad}: choose from {', '.join(ROLES)}")
+            raise ConfigError(f"unknown LoRA target(s) {bad}: choose from {', '.join(ROLES)}")
         if self.init not in ("kaiming", "gaussian"):
-            raise ValueError(f"LoRA init must be 'kaiming' or 'gaussian', got {self.init!r}")
+            raise ConfigError(f"LoRA init must be 'kaiming' or 'gaussian', got {self.init!r}")
+        if self.layers is not None and not list(self.layers):
+            raise ConfigError(
+                "LoRA layers=[] adapts no layer: list layer indices, or layers=null for every layer"
+            )
 
     @property
     def scaling(self) -> float:
@@ -96,57 +110,102 @@ class LoRALinear(Projection):
 
 
 class FusedLoRA(Projection):
-    """Per-slice LoRA on a fused projection (GPT-2 `c_attn`: output = [q | k | v], each d wide).
+    """Per-slice LoRA on a fused projection: output = [slice 0 | slice 1 | ...] (GPT-2 `c_attn`: [q | k | v], each d
+    wide; Phi-3 `qkv_proj`: [q | k | v] with k, v narrower under GQA; Phi-3 `gate_up_proj`: [gate | up]).
 
-    Each adapted slice s has its own `lora_A[s]` (r, d_in) and `lora_B[s]` (d, r); other slices are not changed.
+    widths: an int n = n equal slices (GPT-2: 3), or the width of each slice, adding up to the output width.
+    slices: indices of the adapted slices; names: the slice names (default q, k, v).
+    Each adapted slice s has its own `lora_A[name]` (r, d_in) and `lora_B[name]` (widths[s], r); the other slices
+    are not changed. `offsets[s]` is where slice s starts in the output.
     """
 
-    def __init__(self, base: nn.Module, cfg: LoRAConfig, n_slices: int, slices: list[int]):
+    def __init__(
+        self,
+        base: nn.Module,
+        cfg: LoRAConfig,
+        widths: int | Sequence[int],
+        slices: Sequence[int],
+        names: Sequence[str] | None = None,
+    ):
         super().__init__(base)
-        if self.out_features % n_slices:
-            raise ValueError(f"fused projection of width {self.out_features} is not {n_slices} equal slices")
+        if isinstance(widths, int):
+            if widths <= 0 or self.out_features % widths:
+                raise ConfigError(
+                    f"fused projection of width {self.out_features} is not {widths} equal slices"
+                )
+            widths = (self.out_features // widths,) * widths
+        self.widths = tuple(int(w) for w in widths)
+        if sum(self.widths) != self.out_features or min(self.widths) <= 0:
+            raise ConfigError(
+                f"fused projection of width {self.out_features} does not split into slices of widths {self.widths}"
+            )
+        names = tuple(names) if names is not None else SLICE_NAMES[: len(self.widths)]
+        if len(names) != len(self.widths):
+            raise ConfigError(f"{len(self.widths)} slices need {len(self.widths)} names, got {list(names)}")
+        self.names, self.n_slices = names, len(self.widths)
+        self.offsets = tuple(sum(self.widths[:s]) for s in range(self.n_slices))
+        # One width when the slices are equal (GPT-2), else None: use `widths`.
+        self.width = self.widths[0] if len(set(self.widths)) == 1 else None
+        self.slices = sorted(set(slices))
+        if not self.slices or not all(0 <= s < self.n_slices for s in self.slices):
+            raise ConfigError(
+                f"slice indices {list(slices)} are not among the {self.n_slices} slices {list(names)}"
+            )
         kw = dict(device=self.weight.device, dtype=self.weight.dtype)
         self.r, self.scaling, self.merged = cfg.r, cfg.scaling, False
-        self.n_slices, self.width = n_slices, self.out_features // n_slices
-        self.slices = sorted(set(slices))
-        names = [SLICE_NAMES[s] for s in self.slices]
+        adapted = {self.names[s]: self.widths[s] for s in self.slices}
         self.lora_A = nn.ParameterDict(
-            {n: nn.Parameter(torch.empty(cfg.r, self.in_features, **kw)) for n in names}
+            {n: nn.Parameter(torch.empty(cfg.r, self.in_features, **kw)) for n in adapted}
         )
-        self.lora_B = nn.ParameterDict({n: nn.Parameter(torch.empty(self.width, cfg.r, **kw)) for n in names})
-        for n in names:
+        self.lora_B = nn.ParameterDict(
+            {n: nn.Parameter(torch.empty(w, cfg.r, **kw)) for n, w in adapted.items()}
+        )
+        for n in adapted:
             _init_pair(self.lora_A[n], self.lora_B[n], cfg.init, cfg.r)
         self.lora_dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def _slice_updates(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., d_in) -> (..., 3d): the per-slice updates laid side by side, zeros on unadapted slices."""
+        """(..., d_in) -> (..., d_out): the per-slice updates laid side by side, zeros on unadapted slices."""
         x = self.lora_dropout(x)
         parts = []
-        for s in range(self.n_slices):
+        for s, (n, w) in enumerate(zip(self.names, self.widths, strict=True)):
             if s in self.slices:
-                n = SLICE_NAMES[s]
                 parts.append(x @ self.lora_A[n].T @ self.lora_B[n].T)
             else:
-                parts.append(x.new_zeros(*x.shape[:-1], self.width))
+                parts.append(x.new_zeros(*x.shape[:-1], w))
         return torch.cat(parts, dim=-1) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_forward(x)
         return y if self.merged else y + self._slice_updates(x)
 
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-slice factors as ONE LoRA over the whole module, with the same product: A (k r, d_in) stacks the
+        adapted slices' A's, B (d_out, k r) holds each slice's B in that slice's rows and its own r columns, zero
+        elsewhere (k = number of adapted slices). B A = the block rows B_s A_s, so (alpha/r) B A = `delta()`."""
+        a = torch.cat([self.lora_A[self.names[s]] for s in self.slices], dim=0)
+        b = a.new_zeros(self.out_features, a.shape[0])
+        for i, s in enumerate(self.slices):
+            rows = slice(self.offsets[s], self.offsets[s] + self.widths[s])
+            b[rows, i * self.r : (i + 1) * self.r] = self.lora_B[self.names[s]]
+        return a, b
+
     def delta(self) -> torch.Tensor:
         rows = []
-        for s in range(self.n_slices):
+        for s, (n, w) in enumerate(zip(self.names, self.widths, strict=True)):
             if s in self.slices:
-                n = SLICE_NAMES[s]
                 rows.append(self.lora_B[n] @ self.lora_A[n])
             else:
-                rows.append(self.weight.new_zeros(self.width, self.in_features))
+                rows.append(self.weight.new_zeros(w, self.in_features))
         return self.as_matrix(torch.cat(rows, dim=0)) * self.scaling
 
     def lora_names(self) -> list[str]:
-        n = [SLICE_NAMES[s] for s in self.slices]
+        n = [self.names[s] for s in self.slices]
         return [f"lora_A.{k}" for k in n] + [f"lora_B.{k}" for k in n]
+
+    def extra_repr(self) -> str:
+        adapted = ", ".join(f"{self.names[s]}={self.widths[s]}" for s in self.slices)
+        return f"{super().extra_repr()}, r={self.r}, slices={list(self.names)}, adapted=[{adapted}]"
 
 
 LORA_MODULES = (LoRALinear, FusedLoRA)
@@ -159,14 +218,29 @@ def inject(model: nn.Module, cfg: LoRAConfig) -> Injection:
     # Checked before any change, so that a refused injection leaves the model as it was.
     carrying = lora_modules(model)
     if carrying:
-        raise ValueError(f"{carrying[0][0]} already carries LoRA; inject once per model")
+        raise ConfigError(f"{carrying[0][0]} already carries LoRA; inject once per model")
+    layouts = {path: fused_layout(model, path) for path in sites}
+    for path, uses in sites.items():
+        module, layout = get_module(model, path), layouts[path]
+        d_in, d_out = (
+            (module.in_features, module.out_features)
+            if isinstance(module, nn.Linear)
+            else module.weight.shape
+        )
+        outs = [layout[1][s] for _, s in uses] if layout else [d_out]  # the adapted slices' widths
+        if cfg.r > min(d_in, *outs):
+            raise ConfigError(
+                f"LoRA rank r={cfg.r} exceeds the size of {path} ({min(outs)} x {d_in}"
+                f"{' per slice' if layout else ''}): a rank-r update of it needs r <= {min(d_in, *outs)}"
+            )
     for path, uses in sites.items():
         base = get_module(model, path)
-        n_slices = fused_slices(model, path)
-        if n_slices is None:
+        layout = layouts[path]
+        if layout is None:
             wrapper: nn.Module = LoRALinear(base, cfg)
         else:
-            wrapper = FusedLoRA(base, cfg, n_slices, [s for _, s in uses])
+            names, widths = layout
+            wrapper = FusedLoRA(base, cfg, widths, [s for _, s in uses], names)
         set_module(model, path, wrapper)
         report.modules.append(path)
         report.trainable += parameter_names(model, wrapper, wrapper.lora_names())
@@ -180,7 +254,7 @@ def lora_modules(model: nn.Module) -> list[tuple[str, LoRALinear | FusedLoRA]]:
 def _require_lora(model: nn.Module) -> list[tuple[str, LoRALinear | FusedLoRA]]:
     mods = lora_modules(model)
     if not mods:
-        raise ValueError("this model has no LoRA modules: call lora.methods.lora.inject first")
+        raise ConfigError("this model has no LoRA modules: call lora.methods.lora.inject first")
     return mods
 
 
@@ -227,3 +301,34 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             value = value + owner.delta().to(value.dtype)
         out[key] = value.clone()
     return out
+
+
+def _plain(m: LoRALinear | FusedLoRA) -> nn.Linear | Conv1D:
+    """A module of the wrapped type holding `m`'s own weight and bias tensors (built on `meta`: nothing is
+    allocated or initialised, whatever the size)."""
+    with torch.device("meta"):
+        if m.fan_in_fan_out:
+            plain: nn.Module = Conv1D(m.out_features, m.in_features)
+        else:
+            plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+    plain.weight = m.weight
+    plain.bias = m.bias
+    return plain
+
+
+@torch.no_grad()
+def unload(model: nn.Module, merge: bool = True) -> nn.Module:
+    """Turn `model` back into the plain transformers model, in place, and return it.
+
+    merge=True: W <- W0 + (alpha/r) B A first (if not merged already), so the plain model computes what the adapted
+    one did, with no extra latency. merge=False: drop LoRA and keep W0 (undoing a merge first). Either way every
+    LoRA wrapper is replaced by an `nn.Linear` / `Conv1D` (the type it wrapped) holding the same weight and bias
+    tensors, and the LoRA factors are gone: the state dict has exactly the base model's keys."""
+    mods = _require_lora(model)
+    for path, m in mods:
+        if merge and not m.merged:
+            m.weight.add_(m.delta().to(m.weight.dtype))
+        elif not merge and m.merged:
+            m.weight.sub_(m.delta().to(m.weight.dtype))
+        set_module(model, path, _plain(m))
+    return model

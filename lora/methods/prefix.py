@@ -6,6 +6,30 @@ at the input of every layer (the embedding output and the outputs of layers 1..L
 never attended to) are trainable ("the activations computed from previous layers are simply replaced by trainable
 ones"); |Theta| = L d_model l_p. Infixes are not implemented for PreLayer (l_i = 0, as in the GPT-2 rows).
 
+Which description these follow. Both methods follow the LoRA paper's own description (Section 5.1, and Appendix E:
+the prefix tokens' hidden states are "replaced after every Transformer block with an input agnostic vector"), not
+Li & Liang's implementation: there the prefix is the per-layer attention keys and values (2 L d_model numbers per
+prefix position) and is trained through a reparametrisation P = MLP(P') of a smaller matrix P', of which only P is
+kept after training. Here PreEmbed trains the special tokens' input embeddings and PreLayer one hidden vector per
+layer and prefix position, turned into keys and values by that layer's own frozen projections, directly, with no
+MLP. Reasons: the paper's parameter formulas (d_model (l_p + l_i), L d_model (l_p + l_i)) count exactly these
+vectors, the only runs the paper made itself with prefixes (GPT-3, Tables 4, 15-17) are described this way, and the
+GPT-2 PreLayer rows (Tables 3, 13, 14) are numbers cited from Li & Liang (marked *), so there is no run of the paper
+whose setup would call for the MLP. A reparametrisation switch is not provided: it would replace the `activations`
+parameter by a computed tensor (initialisation, counting and checkpoints all change), which is more than this
+module's design takes cheaply.
+
+Prefix lengths per table (the paper's):
+- Tables 3 / 13 / 14 (GPT-2 medium / large, PreLayer*, cited): lengths not stated; the printed sizes 0.35M / 0.77M
+  are Li & Liang's "0.1%" of 354.92M / 774.03M. Under |Theta| = L d_model l_p the nearest lengths are l_p = 14
+  (24 x 1024 x 14 = 344,064) and l_p = 17 (36 x 1280 x 17 = 783,360): conf/method/prefix_layer_0.35m.yaml,
+  prefix_layer_0.77m.yaml. PreEmbed has no GPT-2 row.
+- Table 4 and Appendix D.4 (GPT-3 175B): PreEmbed l_p = 256, l_i = 8 (3.2M); PreLayer l_p = 8, l_i = 8 (20.2M).
+- Table 15 (GPT-3, sweep): PreEmbed l_i = 8 with l_p in {32, 64, 128, 256, 512}; PreLayer (l_p, l_i) in {(2, 2),
+  (8, 0), (8, 8), (32, 4), (64, 0)}. Table 17 (MNLI-n): PreEmbed l_p = 16 / 32 / 64 / 256 for n = 100 / 1k / 10k /
+  392k, l_i = 8; PreLayer l_p = l_i = 8. (The GPT-3 PreLayer sizes are not exactly L d_model (l_p + l_i): with
+  L = 96, d_model = 12288, l_p = l_i = 8 that is 18.9M, printed 20.2M.) PreLayer infixes are not implemented here.
+
 Design. Both methods act on a model call through a forward pre-hook on the model passed to `inject` (the top
 model: `...ForCausalLM`, `...ForSequenceClassification`). Callers (training loops, `generate`) keep working in the
 coordinates of their own tokens; the hook adds what the prefix needs:
@@ -42,6 +66,7 @@ from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from lora.architectures import architecture, layer_list
+from lora.errors import ConfigError
 from lora.methods.base import Injection, parameter_names
 
 _PROMPT_MARK = "_lora_prompt_infix_at"  # on a cache: (B,) infix positions of the inserted virtual tokens
@@ -59,9 +84,9 @@ class PrefixEmbedConfig:
         for name in ("prefix_length", "infix_length"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"prefix_embed {name} must be an integer >= 0, got {v!r}")
+                raise ConfigError(f"prefix_embed {name} must be an integer >= 0, got {v!r}")
         if self.prefix_length + self.infix_length <= 0:
-            raise ValueError("prefix_embed needs prefix_length + infix_length > 0, got 0 virtual tokens")
+            raise ConfigError("prefix_embed needs prefix_length + infix_length > 0, got 0 virtual tokens")
 
 
 @dataclass
@@ -73,7 +98,7 @@ class PrefixLayerConfig:
     def __post_init__(self) -> None:
         v = self.prefix_length
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ValueError(f"prefix_layer prefix_length must be a positive integer, got {v!r}")
+            raise ConfigError(f"prefix_layer prefix_length must be a positive integer, got {v!r}")
 
 
 def _call_kwargs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +114,7 @@ def _call_kwargs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any
         kwargs["cache"] = kwargs.pop("past_key_values")
     mask = kwargs.get("attention_mask")
     if mask is not None and mask.dim() != 2:
-        raise ValueError(
+        raise ConfigError(
             f"prefix methods need a 2D attention_mask (batch, length), got shape {tuple(mask.shape)}"
         )
     return kwargs
@@ -168,7 +193,7 @@ class PromptEmbedding(nn.Module):
         """Forward pre-hook of the top model: see the module docstring."""
         kw = _call_kwargs(args, kwargs)
         if kw.get("input_ids") is None:
-            raise ValueError("prefix_embed needs input_ids (inputs_embeds is not supported)")
+            raise ConfigError("prefix_embed needs input_ids (inputs_embeds is not supported)")
         cache = kw.get("cache")
         if cache is not None and cache.get_seq_length() > 0:  # a later decoding step
             return (), self._continue(kw, cache)
@@ -209,7 +234,7 @@ class PromptEmbedding(nn.Module):
         """A decoding step after the first: widen the caller's mask and shift its positions by l_p + l_i."""
         infix_at = getattr(cache, _PROMPT_MARK, None)
         if infix_at is None:
-            raise ValueError("prefix_embed got a cache that was not filled through this model's prompt hook")
+            raise ConfigError("prefix_embed got a cache that was not filled through this model's prompt hook")
         if (mask := kw.get("attention_mask")) is not None:
             b = mask.shape[0]
             mask = _insert(mask, infix_at, mask.new_ones(b, self.n_infix))
@@ -227,7 +252,7 @@ def inject_embed(model: nn.Module, cfg: PrefixEmbedConfig) -> Injection:
     arch = architecture(model)
     base = model.get_input_embeddings()
     if isinstance(base, PromptEmbedding):
-        raise ValueError("this model already carries prefix_embed; inject once per model")
+        raise ConfigError("this model already carries prefix_embed; inject once per model")
     wrapper = PromptEmbedding(base, cfg.prefix_length, cfg.infix_length, causal=arch.causal)
     model.set_input_embeddings(wrapper)
     path = next(p for p, m in model.named_modules() if m is wrapper)
@@ -303,7 +328,7 @@ class LayerPrefix(nn.Module):
             cache = kw["cache"] = cache if cache is not None else DynamicCache(config=model.config)
             self.fill(model, cache, inputs.shape[0])
         elif getattr(cache, _PREFIX_MARK, None) != self.length:
-            raise ValueError("prefix_layer got a cache that was not filled through this model's prefix hook")
+            raise ConfigError("prefix_layer got a cache that was not filled through this model's prefix hook")
         mask = kw.get("attention_mask")
         if mask is not None:
             kw["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], self.length), mask], dim=1)
@@ -319,13 +344,13 @@ def inject_layer(model: nn.Module, cfg: PrefixLayerConfig) -> Injection:
     """Add trainable per-layer prefix activations to `model` and hook its forward (PreLayer, Section 5.1)."""
     family = architecture(model).family
     if family not in LAYER_PREFIX_FAMILIES:
-        raise ValueError(
+        raise ConfigError(
             f"prefix_layer supports {', '.join(LAYER_PREFIX_FAMILIES)} (prefixes go through the key/value cache), "
             f"not {family}"
         )
     backbone = model.base_model
     if hasattr(backbone, "layer_prefix"):
-        raise ValueError("this model already carries prefix_layer; inject once per model")
+        raise ConfigError("this model already carries prefix_layer; inject once per model")
     layers, blocks = layer_list(model)
     prefix = LayerPrefix(family, layers, len(blocks), cfg.prefix_length, model.get_input_embeddings().weight)
     prefix.init_from_tokens(model)

@@ -21,6 +21,8 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import f1_score, matthews_corrcoef
 
+from lora.errors import ConfigError
+
 ArrayLike = Sequence[float] | Sequence[int] | np.ndarray
 
 # Every metric key `compute` returns, per task.
@@ -53,7 +55,7 @@ PRIMARY: dict[str, str] = {
 def check_task(task: str) -> str:
     """Return `task` if it is a known task name, else raise a ValueError listing the valid ones."""
     if task not in TASK_METRICS:
-        raise ValueError(f"unknown GLUE task {task!r}; valid tasks: {', '.join(TASK_METRICS)}")
+        raise ConfigError(f"unknown GLUE task {task!r}; valid tasks: {', '.join(TASK_METRICS)}")
     return task
 
 
@@ -69,7 +71,7 @@ def _as_1d(values: ArrayLike, task: str, name: str) -> np.ndarray:
     elif array.ndim == 2 and task != "stsb":
         array = array.argmax(axis=1)
     if array.ndim != 1 or array.size == 0:
-        raise ValueError(
+        raise ConfigError(
             f"{task}: {name} must be a non-empty 1-D array (or 2-D logits), got shape {array.shape}"
         )
     return array
@@ -81,7 +83,7 @@ def _pair(
     preds = _as_1d(predictions, task, "predictions" + suffix)
     refs = _as_1d(references, task, "references" + suffix)
     if preds.shape != refs.shape:
-        raise ValueError(
+        raise ConfigError(
             f"{task}: predictions{suffix} has {preds.size} items but references{suffix} has {refs.size}"
         )
     return preds, refs
@@ -114,9 +116,9 @@ def compute(
     """
     check_task(task)
     if (predictions_mm is None) != (references_mm is None):
-        raise ValueError("pass both predictions_mm and references_mm (MNLI mismatched), or neither")
+        raise ConfigError("pass both predictions_mm and references_mm (MNLI mismatched), or neither")
     if predictions_mm is not None and task != "mnli":
-        raise ValueError(f"predictions_mm/references_mm are for mnli only, not {task!r}")
+        raise ConfigError(f"predictions_mm/references_mm are for mnli only, not {task!r}")
     preds, refs = _pair(task, predictions, references)
     if task == "stsb":
         preds, refs = preds.astype(np.float64), refs.astype(np.float64)

@@ -7,11 +7,15 @@ and by LoRA, Hu et al. 2021, Sec. 5.4 / Table 3), without Perl or temporary SGML
 * NIST: mteval-v13a (`nist`, below), on the same tokens.
 * METEOR 1.5, ROUGE-L (beta 1.2), CIDEr-D: the MS-COCO caption scorers (pycocoevalcap) after the PTB
   tokenizer, which lowercases and drops punctuation, exactly as `COCOEvalCap.evaluate` feeds them.
-* TER (for WebNLG / DART, the LoRA appendix tables): sacrebleu's Tercom port, as a fraction (.46, not 46).
+* TER (optional, `--ter`): sacrebleu's Tercom port, a corpus TER, as a fraction. WebNLG and DART are NOT scored
+  with these functions: they are scored as the paper's released pipeline does, by `lora.metrics.webnlg_eval`.
 
-Checked against the scores the E2E challenge published (tests/metrics/test_nlg.py). CLI::
+Checked against the scores the E2E challenge published (tests/metrics/test_nlg.py). CLI (bad input: one `error:`
+line, exit status 2)::
 
     python -m lora.metrics.nlg testset_w_refs.csv outputs.txt [--ter]   # last line: one JSON object
+    python -m lora.metrics.nlg --task webnlg [--subset all|seen|unseen] testdata_with_lex.xml hyps.txt
+    python -m lora.metrics.nlg --task dart dart-v1.1.1-full-test.xml hyps.txt
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import csv
 import json
 import math
 import re
-import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,6 +32,10 @@ from typing import Any
 
 from sacrebleu.metrics import BLEU, TER
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+from lora.errors import ConfigError
+from lora.metrics.java import require_java
+from lora.textfiles import read_lines
 
 METRICS = ("bleu", "nist", "meteor", "rouge_l", "cider")
 ALL_METRICS = (*METRICS, "ter")
@@ -117,11 +124,7 @@ def coco_scores(
     metrics = [m for m in metrics if m in _COCO]
     if not metrics:
         return {}
-    if shutil.which("java") is None:
-        raise FileNotFoundError(
-            "METEOR/ROUGE-L/CIDEr need `java` (PTB tokenizer, METEOR 1.5) and none is on PATH: "
-            "install a JRE, e.g. `apt-get install default-jre-headless`"
-        )
+    require_java()
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     # One tokenizer run for both sides. Whitespace is normalised so that no caption spans two lines
@@ -168,16 +171,16 @@ def score(
     metrics = list(metrics)
     unknown = [m for m in metrics if m not in ALL_METRICS]
     if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {ALL_METRICS}")
+        raise ConfigError(f"unknown metrics {unknown}; choose from {ALL_METRICS}")
     if len(hypotheses) != len(references):
-        raise ValueError(
+        raise ConfigError(
             f"{len(hypotheses)} hypotheses but {len(references)} reference lists: give one list per hypothesis"
         )
     if not hypotheses:
-        raise ValueError("no hypotheses to score")
+        raise ConfigError("no hypotheses to score")
     empty = [i for i, rs in enumerate(references) if not rs]
     if empty:
-        raise ValueError(f"hypotheses {empty[:5]} have no reference: every input needs at least one")
+        raise ConfigError(f"hypotheses {empty[:5]} have no reference: every input needs at least one")
 
     coco = coco_scores(hypotheses, references, metrics)
     plain = {"bleu": bleu, "nist": nist, "ter": ter}
@@ -204,28 +207,20 @@ def score_subsets(
 
 
 def _read_lines(path: str | Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    lines = path.read_text(encoding="utf-8-sig").split(
-        "\n"
-    )  # not splitlines(): only \n (\r\n, \r) ends a line
-    if lines[-1] == "":
-        lines.pop()
-    return [line.strip() for line in lines]
+    return [line.strip() for line in read_lines(path)]
 
 
 def _read_table(path: str | Path) -> list[tuple[str, str]]:
     """(MR, text) rows of a csv/tsv file (tab if the first line has one), header row dropped if present."""
     lines = [line for line in _read_lines(path) if line]
     if not lines:
-        raise ValueError(f"{path} is empty")
+        raise ConfigError(f"{path} is empty")
     rows = list(csv.reader(lines, delimiter="\t" if "\t" in lines[0] else ","))
     if re.match(r"\s*mr\b", rows[0][0], re.I):
         rows = rows[1:]
     bad = [n for n, row in enumerate(rows, start=1) if len(row) != 2]
     if bad:
-        raise ValueError(f"{path}: rows {bad[:5]} do not have exactly 2 columns (MR, text)")
+        raise ConfigError(f"{path}: rows {bad[:5]} do not have exactly 2 columns (MR, text)")
     return [(mr.strip(), text.strip()) for mr, text in rows]
 
 
@@ -261,19 +256,19 @@ def read_outputs(path: str | Path, mrs: Sequence[str] | None = None) -> list[str
     if not _is_table(path):
         outputs = _read_lines(path)
         if mrs is not None and len(outputs) != len(mrs):
-            raise ValueError(f"{path} has {len(outputs)} lines but the references have {len(mrs)} MRs")
+            raise ConfigError(f"{path} has {len(outputs)} lines but the references have {len(mrs)} MRs")
         return outputs
     rows = _read_table(path)
     if mrs is None:
         return [text for _, text in rows]
     if len(rows) != len(mrs):
-        raise ValueError(f"{path} has {len(rows)} outputs but the references have {len(mrs)} MRs")
+        raise ConfigError(f"{path} has {len(rows)} outputs but the references have {len(mrs)} MRs")
     by_mr = dict(rows)
     if len(by_mr) != len(rows):
-        raise ValueError(f"{path} has repeated MRs: cannot align its outputs to the references")
+        raise ConfigError(f"{path} has repeated MRs: cannot align its outputs to the references")
     missing = [mr for mr in mrs if mr not in by_mr]
     if missing:
-        raise ValueError(f"{path} has no output for {len(missing)} reference MRs, e.g. {missing[0]!r}")
+        raise ConfigError(f"{path} has no output for {len(missing)} reference MRs, e.g. {missing[0]!r}")
     return [by_mr[mr] for mr in mrs]
 
 
@@ -283,16 +278,40 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         "references", help="E2E csv (mr,ref) or text file (refs per MR, blank-line separated)"
     )
     parser.add_argument("outputs", help="text file, one output per MR in order, or csv/tsv with an MR column")
-    parser.add_argument("--ter", action="store_true", help="also report TER")
+    parser.add_argument("--ter", action="store_true", help="also report TER (E2E; always on for webnlg/dart)")
+    parser.add_argument(
+        "--task",
+        choices=("e2e", "webnlg", "dart"),
+        default="e2e",
+        help="e2e (default): measure_scores.py; webnlg/dart: the LoRA pipeline's GenerationEval scores "
+        "(lora.metrics.webnlg_eval; references = the test XML/JSON, outputs = one line per unique input)",
+    )
+    parser.add_argument(
+        "--subset", choices=("all", "seen", "unseen"), default="all", help="WebNLG categories to score"
+    )
     args = parser.parse_args(argv)
+    if args.task != "e2e":
+        from lora.metrics.webnlg_eval import run_cli
+
+        return run_cli(args.task, args.references, args.outputs, args.subset)
+    if args.subset != "all":
+        parser.error("--subset is for --task webnlg")
     mrs, refs = read_references(args.references)
     hyps = read_outputs(args.outputs, mrs)
     if len(hyps) != len(refs):
-        raise ValueError(f"{args.outputs} has {len(hyps)} outputs but {args.references} has {len(refs)} MRs")
+        raise ConfigError(f"{args.outputs} has {len(hyps)} outputs but {args.references} has {len(refs)} MRs")
     scores = score(hyps, refs, ALL_METRICS if args.ter else METRICS)
     print(json.dumps(scores))
     return scores
 
 
+def cli(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """`python -m lora.metrics.nlg`: `main` with bad input (missing, empty, short or non-UTF-8 files) shown as one
+    `error:` line and exit status 2, as every entry point of the suite."""
+    from lora.cli import friendly_errors
+
+    return friendly_errors(main)(argv)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

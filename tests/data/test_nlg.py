@@ -112,8 +112,9 @@ def test_dart_json_and_xml_agree() -> None:
             "Mars Hill College : joined : 1973 | Mars Hill College : location : Mars Hill, North Carolina",
             ("A school from Mars Hill, North Carolina, joined in 1973.",),
         ),
-        # relation lower-cased, subject spaces kept verbatim, the empty annotation dropped
-        NLGExample(" sanctuary  : written_by : shonda rhimes", ("Shonda Rhimes wrote Sanctuary.",)),
+        # relation lower-cased, subject spaces kept verbatim, the empty annotation kept (format_converting_dart.py
+        # writes every annotation; the released scorer keeps it as a reference)
+        NLGExample(" sanctuary  : written_by : shonda rhimes", ("Shonda Rhimes wrote Sanctuary.", "")),
     ]
     assert nlg.read_dart_xml(FIX / "dart" / "dart-v1.1.1-full-dev.xml") == examples
     assert load_nlg("dart", "test", FIX) == examples  # test is only present as XML
@@ -186,7 +187,7 @@ def test_hub_rows_are_converted_like_local_files(monkeypatch: pytest.MonkeyPatch
             "Aaron_Turner : genre : Black_metal", ("Aaron Turner plays black metal.",), "Artist", False
         )
     ]
-    assert load_nlg("dart", "validation") == [NLGExample("A : b_c : d", ("A is d.",))]
+    assert load_nlg("dart", "validation") == [NLGExample("A : b_c : d", ("A is d.", ""))]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -282,7 +283,12 @@ def _paper_txt(name: str) -> list[tuple[str, str]]:
 
 @needs_data
 def test_real_e2e_matches_the_paper_files() -> None:
-    dev, test = load_nlg("e2e", "validation", DATA), load_nlg("e2e", "test", DATA)
+    # By default (references="paper") the validation and test sets ARE the paper's files, reference for reference.
+    for split, name in (("validation", "valid.txt"), ("test", "test.txt")):
+        assert training_pairs(load_nlg("e2e", split, DATA)) == [(s, t.strip()) for s, t in _paper_txt(name)]
+    # Re-tokenising the official csv (references="official") comes close:
+    dev = load_nlg("e2e", "validation", DATA, references="official")
+    test = load_nlg("e2e", "test", DATA, references="official")
     assert (len(dev), len(training_pairs(dev)), len(test), len(training_pairs(test))) == (
         547,
         4672,
@@ -343,8 +349,10 @@ def test_real_dart_json_xml_and_counts() -> None:
     dev = load_nlg("dart", "validation", DATA)
     assert (len(dev), len(training_pairs(dev))) == (2768, 6980)
     assert nlg.read_dart_xml(DATA / "dart" / "dart-v1.1.1-full-dev.xml") == dev
-    test = load_nlg("dart", "test", DATA)  # XML only; 12552 lexicalisations, one of them empty
-    assert (len(test), len(training_pairs(test))) == (5097, 12551)
+    test = load_nlg(
+        "dart", "test", DATA
+    )  # XML only; 12552 lexicalisations, one of them empty (kept, as released)
+    assert (len(test), len(training_pairs(test))) == (5097, 12552)
     assert test[0].source == (
         "Hawaii Five-O : notes : Episode: The Flight of the Jewels | [TABLECONTEXT] : [title] : Jeff Daniels"
         " | [TABLECONTEXT] : title : Hawaii Five-O"

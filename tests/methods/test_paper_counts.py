@@ -32,11 +32,12 @@ KINDS = {"roberta-base": "classification", "roberta-large": "classification"}
 ROWS = [
     # RoBERTa-base BitFit (Table 2, 0.1M): 12 layers x (4*768 + 3072 + 768 + 2*768) + 768 (embedding LayerNorm).
     ("roberta-base", "bitfit", 102_144, "0.1M"),
-    # RoBERTa-base AdptD (Table 2, cited from Rücklé et al. 2020, configuration not stated): m = 48 (AdapterHub's
-    # reduction factor 16) in the top 4 layers: 4 x (2*768*48 + 48 + 768).
-    ("roberta-base", "adapter_d_0.3m", 298_176, "0.3M"),
-    # ... and in all 12 layers: 12 x 74,544.
+    # RoBERTa-base AdptD 0.9M (Table 2, cited from Rücklé et al. 2020): AdapterDrop's Pfeiffer adapters with
+    # reduction factor 16, m = 768 / 16 = 48, in all 12 layers: 12 x (2*768*48 + 48 + 768) = 12 x 74,544.
     ("roberta-base", "adapter_d_0.9m", 894_528, "0.9M"),
+    # RoBERTa-base AdptD 0.3M: configuration NOT established (conf/method/adapter_d_0.3m.yaml); the kept guess is the
+    # same adapters in the top 4 layers only (lowest 8 dropped): 4 x 74,544.
+    ("roberta-base", "adapter_d_0.3m", 298_176, "0.3M"),
     # RoBERTa-large AdptP, bottleneck 64 (Table 9): 24 x (2*1024*64 + 64 + 1024) = 3.17M; printed 3.0M, 0.17M
     # lower (3,171,840 / 2^20 = 3.02: the label matches a binary mega, or a nominal "3M" budget).
     ("roberta-large", "adapter_p_3m", 3_171_840, "3.0M"),
@@ -112,14 +113,25 @@ def test_paper_row(model: str, config: str, exact: int, paper: str, meta_models)
 
 
 def test_overrides_compose_with_named_configs() -> None:
+    # The released NLU code's Houlsby adapter: swish, N(0, 0.02^2) on both projections (not zero-initialised).
+    released = {"nonlinearity": "silu", "init_std": 0.02, "zero_up": False}
     assert compose_method("roberta-large", "adapter_h_0.8m") == (
         "adapter_h",
-        {"bottleneck": 8, "nonlinearity": "silu", "init_std": 0.01, "train_norms": False},
+        {"bottleneck": 8, **released, "train_norms": False},
     )
     assert compose_method("roberta-large", "adapter_h", "method.bottleneck=64") == (
         "adapter_h",
-        {"bottleneck": 64, "nonlinearity": "silu", "init_std": 0.01, "train_norms": True},
+        {"bottleneck": 64, **released, "train_norms": True},
     )
+
+
+def test_robust_adapter_drop_has_the_same_count(meta_models) -> None:
+    """Robust AdapterDrop only changes training (random layer dropping), not the parameters: 894,528 either way."""
+    name, kwargs = compose_method("roberta-base", "adapter_d_0.9m", "method.robust=true")
+    assert kwargs["robust"] is True and kwargs["robust_max"] is None
+    net = copy.deepcopy(meta_models["roberta-base"])
+    methods.apply(net, name, methods.method_config(name, **kwargs), head=head_parameter_names(net))
+    assert count_parameters(net).trainable == 894_528
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "conf" / "method").glob("*.yaml")), ids=lambda p: p.stem)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lora.metrics import nlg
+from lora.metrics import java, nlg
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 E2E_REF = DATA / "e2e_metrics_reference"
@@ -99,7 +99,7 @@ def test_score_subsets_keys() -> None:
 
 
 def test_missing_java_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(nlg.shutil, "which", lambda _: None)
+    monkeypatch.setattr(java.shutil, "which", lambda _: None)
     with pytest.raises(FileNotFoundError, match="default-jre-headless"):
         nlg.score(["a"], [["a"]], metrics=["meteor"])
 

@@ -1,0 +1,21 @@
+"""Java, which the official NLG scorers need (METEOR 1.5, the PTB tokenizer of the COCO caption scorers)."""
+
+from __future__ import annotations
+
+import shutil
+
+
+class JavaNotFoundError(FileNotFoundError):
+    """No `java` on PATH."""
+
+
+def require_java() -> str:
+    """The path of `java`, or a one-line JavaNotFoundError saying how to install it. Called when an NLG run is
+    configured, so that a missing JRE fails before training rather than after it."""
+    java = shutil.which("java")
+    if java is None:
+        raise JavaNotFoundError(
+            "the NLG metrics need `java` (METEOR 1.5, PTB tokenizer) and none is on PATH: "
+            "install a JRE, e.g. `apt-get install default-jre-headless`"
+        )
+    return java
