@@ -59,6 +59,20 @@ _GENEVAL_SCORER = (
 )
 
 
+# What our run of a paper row is, where the paper does not say (conf/method/ and conf/experiment/ comments).
+ROW_NOTES: dict[str, str] = {
+    "roberta_base_adptd_0.9m": (
+        "AdptD* is cited from Rücklé et al. (2020); we count the 0.9M row as AdapterDrop's Pfeiffer adapters with "
+        "reduction factor 16 (m = 48) in all 12 layers (894,528 parameters); whether the cited row used robust "
+        "AdapterDrop training is not stated."
+    ),
+    "roberta_base_adptd_0.3m": (
+        "the configuration behind the AdptD* 0.3M row is not stated by either paper's available text; our run "
+        "uses m = 48 adapters in the top 4 layers only (298,176 parameters), one of several settings of that size."
+    ),
+}
+
+
 @dataclass(frozen=True)
 class Spec:
     """One paper table rebuilt from records: output name, reference CSV under the paper dir, title; which
@@ -426,6 +440,7 @@ def footer(b: Built, runs_dir: str) -> list[str]:
         lines.append("No complete records for this table yet: every 'ours' cell is missing.")
     remarks = cells.loc[~cells["note"].isin(("", *SYMBOLS)), ["experiment", "note"]].drop_duplicates()
     lines += [f"Paper note, {exp}: {note}." for exp, note in remarks.itertuples(index=False)]
+    lines += [f"Our row, {exp}: {ROW_NOTES[exp]}" for exp in sorted(set(cells["experiment"])) if exp in ROW_NOTES]
     if b.left_out:
         lines.append(f"Left out, not complete ({len(b.left_out)}):")
         lines += [f"- {_describe(rec)}" for rec in sorted(b.left_out, key=_id)]

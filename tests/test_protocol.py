@@ -245,3 +245,26 @@ def test_global_batch_is_split_over_processes_and_accumulation(monkeypatch: pyte
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ValueError, match="global batch and must divide evenly over 3 process"):
         batch_sizes(c)
+
+
+def test_nlg_table_footnotes_state_selection_aggregation_and_scorer(tmp_path: Path) -> None:
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "records"
+    tables.main(fixtures, CONF.parent / "results" / "paper", tmp_path, figures=False)
+    notes = {
+        name: (tmp_path / "tables" / f"{name}.md").read_text()
+        for name in ("table3", "table13", "table14", "table18", "table2")
+    }
+    for name in ("table3", "table13", "table14"):
+        assert "select=best (best epoch of each run), aggregate=mean" in notes[name]
+    assert "select=last (last epoch of each run), aggregate=mean" in notes["table18"]
+    assert "select=best (best epoch of each run), aggregate=median" in notes["table2"]
+    assert (
+        "Scorer: the E2E challenge's measure_scores.py" in notes["table3"]
+        and "plain cross-entropy" in notes["table18"]
+    )
+    for name in ("table13", "table14"):
+        assert "GenerationEval" in notes[name] and "METEOR -1" in notes[name]
+    assert (
+        "Our row, roberta_base_adptd_0.3m: the configuration behind the AdptD* 0.3M row is not stated"
+        in notes["table2"]
+    )

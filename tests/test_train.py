@@ -412,7 +412,7 @@ def test_causal_lm_label_smoothing_is_computed_on_the_labels_the_model_sees() ->
     model.eval()
     assert loss.smoothed_eval_loss() is None
     assert torch.allclose(model(input_ids=ids, labels=labels).loss, plain, atol=1e-6)
-    assert loss.smoothed_eval_loss() == pytest.approx(float(smoothed), rel=1e-5)
+    assert loss.smoothed_eval_loss() == pytest.approx(float(smoothed.detach()), rel=1e-5)
 
 
 # ------------------------------------------------------------------- a complete record is a record you can trust
