@@ -7,17 +7,15 @@ The last line printed is one JSON object: trainable, total, head, adapter_bytes,
 
 import json
 
-import hydra
 from omegaconf import DictConfig
 
 from lora import methods
-from lora.cli import friendly_errors, method_kwargs
+from lora.cli import hydra_main, method_kwargs
 from lora.models import build_model, default_kind, head_parameter_names
 from lora.params import count_parameters
 
 
-@hydra.main(config_path="../conf", config_name="params", version_base="1.3")
-@friendly_errors
+@hydra_main(config_name="params")
 def main(cfg: DictConfig) -> None:
     name, kwargs = method_kwargs(cfg.method)
     method_cfg = methods.method_config(name, **kwargs)  # validates before anything is built

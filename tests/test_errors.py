@@ -55,6 +55,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (root / name / "RTE").mkdir(parents=True)
         (root / name / "RTE" / "train.tsv").write_text(text)
         (root / name / "RTE" / "dev.tsv").write_text(header + "0\ta\tb\tentailment\n")
+    (root / "undecodable" / "RTE").mkdir(parents=True)
+    (root / "undecodable" / "RTE" / "train.tsv").write_bytes(
+        header.encode() + b"0\ta \xff cat\tb\tentailment\n"
+    )
+    (root / "undecodable" / "RTE" / "dev.tsv").write_text(header + "0\ta\tb\tentailment\n")
 
     roberta = build_model("tiny-roberta", "classification")
     save_adapter(
@@ -123,6 +128,19 @@ CASES: dict[str, tuple[list[str], str]] = {
                           "readable safetensors file (truncated or corrupt?): ..."),
     "no adapter there": (["init_from={root}/nowhere"], "init_from={root}/nowhere: no such adapter directory; give "
                          "a saved adapter's folder"),
+    "non-UTF-8 data": (["data_dir={root}/undecodable"], "{root}/undecodable/RTE/train.tsv: line 2 is not valid "
+                       "UTF-8 (invalid start byte at byte ..."),
+    "generation task on an encoder": (["task=e2e"], "task=e2e is generation and needs a decoder model; tiny-bert is "
+                                      "a bert encoder (use a decoder, e.g. model=gpt2-medium or model=smollm2)"),
+    "rank above the matrix size": (["method.r=64"], "LoRA rank r=64 exceeds the size of ..."),
+    "empty layer list": (["method.layers=[]"], "LoRA layers=[] adapts no layer: list layer indices, or "
+                         "layers=null for every layer"),
+    "untrained paper row": (["experiment=roberta_base_lora", "train.max_steps=0"], "train.max_steps=0 trains "
+                            "nothing, so experiment=roberta_base_lora would record an untrained lora; use method=none "
+                            "for the unadapted baseline, or experiment=custom to evaluate as is"),
+    "non-ASCII path unquoted": (["data_dir={root}/glué"], "LexerNoViableAltException: data_dir={root}/glué; Hydra's "
+                                "override grammar takes spaces, non-ASCII and special characters only inside quotes: "
+                                "write key='\"value\"' (e.g. data_dir='\"/data/glué\"')"),
     "results not writable": (["results_dir={root}/a_file/runs"], "results directory '{root}/a_file/runs' is not "
                              "writable (Not a directory); choose a directory you can write to (e.g. "
                              "results_dir=/path/you/own) or fix its permissions"),
@@ -161,6 +179,35 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(
     check(int(exit_.value.code), err.getvalue(), expected, world)
     assert snapshot(world["runs"]) == before  # same files, same bytes, same mtimes
     assert os.environ.get("HYDRA_FULL_ERROR") is None  # the entry point restores the environment
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_on_a_machine_without_one_is_one_line(
+    world: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "argv", ["experiments/train.py", *argv(world, ["device=cuda"])])
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        MAIN()
+    expected = ("device=cuda but this machine has no usable CUDA GPU (torch.cuda.is_available() is False); use "
+                "device=auto or device=cpu")  # fmt: skip
+    check(int(exit_.value.code), err.getvalue(), expected, world)
+
+
+def test_a_bug_keeps_its_traceback(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not a UserError: a KeyError from inside the run is a bug, shown with its traceback (exit status 1), never
+    # passed off as a one-line input error.
+    import lora.train
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise KeyError("internal")
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(lora.train, "_setup", broken)
+    monkeypatch.setattr(sys, "argv", ["experiments/train.py", *argv(world, ["seed=8"])])
+    with pytest.raises(KeyError, match="internal"):
+        MAIN()
 
 
 def test_full_error_gives_the_traceback(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

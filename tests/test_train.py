@@ -543,3 +543,10 @@ def test_a_lora_run_writes_its_peft_export_beside_its_adapter(tmp_path: Path) ->
     assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == "tiny-roberta"
     assert config["r"] == 8 and sorted(config["target_modules"])
     assert (peft_dir / "adapter_model.safetensors").is_file()
+
+
+@needs_glue
+def test_fractional_epochs_record_one_entry_per_evaluation(tmp_path: Path) -> None:
+    # 16 rows of 8: 2 steps an epoch; 1.5 epochs = 3 steps, evaluated after epoch 1 and at the end (epoch 1.5).
+    record = execute(tiny_run(tmp_path, "train.epochs=1.5"))
+    assert [(e["epoch"], e["step"]) for e in record.epochs] == [(1, 2), (2, 3)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from datasets.exceptions import DatasetNotFoundError
 
 from lora.data.polarity import cache_root, load_polarity
 from lora.errors import ConfigError, InputNotFound
+from lora.textfiles import read_utf8
 
 ENV_DIR = "LORA_GLUE_DIR"
 HUB_PATH = "nyu-mll/glue"
@@ -196,8 +198,14 @@ def _read_tsv(spec: TaskSpec, path: Path) -> dict[str, list]:
         raise InputNotFound(
             f"{path} not found; GLUE task {spec.name!r} needs {_layout(spec, path.parents[1])}"
         )
-    with path.open(encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's byte-order mark
-        rows = [row for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if row]
+    text = read_utf8(
+        path
+    )  # drops MRPC's byte-order mark; undecodable bytes: one line naming the file and line
+    rows = [
+        row
+        for row in csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+        if row
+    ]
     header = rows.pop(0) if rows and spec.n_fields is None else None
     if not rows:
         raise ConfigError(f"{path} has no data rows; it is empty or cut off: download it again")

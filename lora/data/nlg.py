@@ -19,6 +19,7 @@ separates source and target (the "||" of the .txt files is only a field delimite
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -160,7 +161,7 @@ def _e2e_examples(rows: Iterable[tuple[str, str]], tokenize: bool) -> list[NLGEx
 
 def read_e2e_csv(path: str | Path, tokenize: bool = True) -> list[NLGExample]:
     """Official E2E csv (`mr`,`ref`; one row per reference) -> one example per distinct MR."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(read_utf8(path), newline="") as f:
         reader = csv.DictReader(f)
         if not {"mr", "ref"} <= set(reader.fieldnames or []):
             raise ConfigError(
@@ -201,7 +202,7 @@ def read_webnlg_xml(paths: Iterable[str | Path]) -> list[NLGExample]:
 def read_webnlg_json(path: str | Path) -> list[NLGExample]:
     """The LoRA repository's JSON form of WebNLG 2017 (`{"entries": [{"1": {...}}, ...]}`)."""
     examples = []
-    for item in json.loads(Path(path).read_text(encoding="utf-8"))["entries"]:
+    for item in json.loads(read_utf8(path))["entries"]:
         (entry,) = item.values()
         triples = [(t["subject"], t["property"], t["object"]) for t in entry["modifiedtripleset"]]
         refs = [x["lex"] for x in entry["lexicalisations"] if _keep(x.get("comment"), x["lex"])]
@@ -218,7 +219,7 @@ def _dart_example(triples: Iterable[Sequence[str]], texts: Iterable[str | None])
 
 def read_dart_json(path: str | Path) -> list[NLGExample]:
     """DART v1.1.1 JSON (`[{"tripleset": [[s, r, o], ...], "annotations": [{"text": ...}]}]`)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = json.loads(read_utf8(path))
     return [_dart_example(e["tripleset"], (a.get("text") for a in e["annotations"])) for e in data]
 
 

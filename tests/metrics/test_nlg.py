@@ -184,3 +184,22 @@ def test_all_metrics_match_published(system: str) -> None:
     hyps, refs = _load(system)
     scores = nlg.score(hyps, refs)
     assert tuple(round(scores[m], 4) for m in nlg.METRICS) == PUBLISHED[system][1]
+
+
+def test_cli_bad_hypothesis_files_are_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    refs = tmp_path / "refs.txt"
+    refs.write_text("a cheap pub .\n\nan expensive cafe .\n", encoding="utf-8")
+    hyps = tmp_path / "hyps.txt"
+    cases = {
+        b"": f"error: {hyps} is empty",
+        b"one line\n": f"error: {hyps} has 1 outputs but {refs} has 2 MRs",
+        b"ok\n\xff bad\n": f"error: {hyps}: line 2 is not valid UTF-8 (invalid start byte at byte 3)",
+    }
+    for content, expected in cases.items():
+        hyps.write_bytes(content)
+        with pytest.raises(SystemExit) as exc:
+            nlg.cli([str(refs), str(hyps)])
+        assert exc.value.code == 2
+        assert capsys.readouterr().err.strip() == expected
