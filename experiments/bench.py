@@ -9,6 +9,13 @@
     python experiments/bench.py figure5              # Figure 5 latency grid, reduced for a CPU -> results/bench/figure5.*
     python experiments/bench.py figure5 --full --device cuda   # the paper's grid on GPT-2 medium
     python experiments/bench.py cost                 # step time and memory vs r and width -> results/bench/cost.*
+    python experiments/bench.py fast-path            # each fast-path switch off vs on -> results/bench/fast_path.*
+    python experiments/bench.py fast-path --full --device cuda  # the same at the paper's shapes, bf16
+    python experiments/bench.py mfu                  # MFU of full FT and LoRA, small shapes -> results/bench/mfu.*
+    python experiments/bench.py mfu --full --device cuda --peak-tflops 989   # the paper's shapes on an H200
+    python experiments/bench.py trace                # torch.profiler traces of a LoRA and a full step -> results/bench/trace*
+
+Every report is Markdown with a CSV of its raw values beside it (`lora.bench.harness.Report`).
 
 --quick runs small shapes with 2 repetitions and writes under outputs/ (a check that everything runs).
 """
@@ -19,7 +26,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from lora.bench import cost, figure5, latency, lora_core, storage, training
+from lora.bench import cost, fast_path, figure5, latency, lora_core, mfu, storage, trace, training
 from lora.bench.timing import resolve_device
 from lora.cli import friendly_errors
 
@@ -31,7 +38,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("bench", choices=["lora-core", "latency", *MORE])
     p.add_argument("--quick", action="store_true", help="small shapes, 2 repetitions, report under outputs/")
     p.add_argument(
-        "--full", action="store_true", help="latency, figure5, cost: the paper's settings (for a GPU)"
+        "--full",
+        action="store_true",
+        help="latency, figure5, cost, fast-path, mfu, trace: the paper's settings (for a GPU)",
     )
     p.add_argument(
         "--gpu-full", action="store_true", help="training: paper-like shapes, 5 models, bf16 on cuda"
@@ -46,11 +55,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dtype", default=None, help="float32 (default on cpu) or bfloat16 (default on cuda)")
     p.add_argument("--reps", type=int, default=None, help="timed rounds (default: the benchmark's own)")
     p.add_argument("--out", type=Path, default=None, help="report path (default: see above)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="fast-path, mfu: the device's peak TFLOP/s for the MFU (default: a known GPU's data sheet, e.g. "
+        "H200 bf16 dense 989.4; on CPU a measured fp32 matmul rate)",
+    )
+    p.add_argument(
+        "--pairs",
+        default=None,
+        help=f"fast-path: comma-separated pairs (default all: {','.join(fast_path.PAIRS)})",
+    )
+    p.add_argument(
+        "--glue-dir",
+        default=str(ROOT.parent / "shared" / "data" / "glue"),
+        help="fast-path: GLUE tsv folders for the group-by-length counts",
+    )
     args = p.parse_args(argv)
     if args.quick and args.full:
         p.error("--quick and --full exclude each other")
-    if args.full and args.bench not in ("latency", "figure5", "cost"):
-        p.error("--full applies to the latency, figure5 and cost benchmarks only")
+    if args.full and args.bench not in ("latency", "figure5", "cost", *FULL_TOO):
+        p.error("--full applies to the latency, figure5, cost, fast-path, mfu and trace benchmarks only")
     if args.gpu_full and (args.bench != "training" or args.quick):
         p.error("--gpu-full applies to the training benchmark only, without --quick")
     if args.threads is not None and args.threads < 1:
@@ -146,7 +172,50 @@ def run_cost(args: argparse.Namespace, command: str) -> None:
     cost.run(cfg, out, command, log=_log, figure=out.with_suffix(".png"))
 
 
-MORE = {"training": run_training, "storage": run_storage, "figure5": run_figure5, "cost": run_cost}
+def _device(args: argparse.Namespace) -> str:
+    """--full means a GPU: cuda unless --device names another."""
+    return "cuda" if args.full and args.device == "cpu" else args.device
+
+
+def run_fast_path(args: argparse.Namespace, command: str) -> None:
+    base = fast_path.FULL if args.full else fast_path.QUICK if args.quick else fast_path.FastPathConfig()
+    pairs = tuple(args.pairs.split(",")) if args.pairs else None
+    cfg = fast_path.with_overrides(
+        base, device=_device(args), reps=args.reps, threads=args.threads, peak_tflops=args.peak_tflops, pairs=pairs,
+        glue_dir=args.glue_dir,
+    )  # fmt: skip
+    fast_path.run(cfg, _out(args, "fast_path"), command, log=_log)
+
+
+def run_mfu(args: argparse.Namespace, command: str) -> None:
+    base = mfu.FULL if args.full else mfu.QUICK if args.quick else mfu.MfuConfig()
+    over = {
+        "device": _device(args),
+        "reps": args.reps,
+        "threads": args.threads,
+        "peak_tflops": args.peak_tflops,
+    }
+    cfg = replace(base, **{k: v for k, v in over.items() if v is not None})
+    mfu.run(cfg, _out(args, "mfu"), command, log=_log)
+
+
+def run_trace(args: argparse.Namespace, command: str) -> None:
+    base = trace.FULL if args.full else trace.QUICK if args.quick else trace.TraceConfig()
+    over = {"device": _device(args), "threads": args.threads}
+    cfg = replace(base, **{k: v for k, v in over.items() if v is not None})
+    trace.run(cfg, _out(args, "trace"), command, log=_log)
+
+
+MORE = {
+    "training": run_training,
+    "storage": run_storage,
+    "figure5": run_figure5,
+    "cost": run_cost,
+    "fast-path": run_fast_path,
+    "mfu": run_mfu,
+    "trace": run_trace,
+}
+FULL_TOO = ("fast-path", "mfu", "trace")
 
 
 if __name__ == "__main__":

@@ -152,7 +152,16 @@ class TrainConfig:
     per-process batch is batch_size / (world size x grad_accum) and must divide evenly; a run records both.
     Optimizer: AdamW (betas, epsilon), gradient clipping at max_grad_norm (0 = none). transformers' Trainer
     exempts biases and LayerNorm weights from weight decay; decay_bias_and_norm=true decays every trainable
-    parameter, as the released NLG trainer does (examples/NLG/src/optimizer.py, no `--no_decay_bias`)."""
+    parameter, as the released NLG trainer does (examples/NLG/src/optimizer.py, no `--no_decay_bias`).
+
+    Fast-path switches (lora/fastpath.py; each measured off vs on by `experiments/bench.py fast-path`):
+    attn_implementation: `sdpa` (default: PyTorch's fused scaled_dot_product_attention where transformers has it for
+    the family, else the family's eager attention, e.g. DeBERTa-v2) or `eager`. bf16_frozen: with bf16, hold the
+    frozen weights in bf16 and the trainable ones in fp32 (no effect without bf16). optim: `auto` (default:
+    `adamw_torch_fused` on CUDA, `adamw_torch` on CPU), `adamw_torch` or `adamw_torch_fused` (torch 2.13 has the
+    fused AdamW on CPU too). compile: torch.compile the model (off by default; the first steps compile).
+    group_by_length: batches of examples of similar length (transformers' LengthGroupedSampler over the tokenised
+    lengths): less padding, the same examples every epoch in another order."""
 
     batch_size: int = 16
     eval_batch_size: int = 64
@@ -173,6 +182,10 @@ class TrainConfig:
     cls_dropout: float | None = None
     bf16: bool = False
     group_by_length: bool = False  # batch examples of similar length (less padding, same examples per epoch)
+    attn_implementation: str = "sdpa"
+    bf16_frozen: bool = False
+    optim: str = "auto"
+    compile: bool = False
     logging_steps: int = 50
     progress: bool = True
 
@@ -200,6 +213,14 @@ class TrainConfig:
         for k, ok in checks.items():
             if not ok:
                 raise ConfigError(f"train.{k}={getattr(self, k)!r} is out of range")
+        from lora.fastpath import ATTENTION, OPTIMIZERS
+
+        if self.attn_implementation not in ATTENTION:
+            raise ConfigError(
+                f"train.attn_implementation must be one of {ATTENTION}, got {self.attn_implementation!r}"
+            )
+        if self.optim not in OPTIMIZERS:
+            raise ConfigError(f"train.optim must be one of {OPTIMIZERS}, got {self.optim!r}")
 
 
 @dataclass

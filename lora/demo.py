@@ -1,4 +1,9 @@
-"""The demo's table, built from its run records (`make demo` writes them to results/demo/runs/)."""
+"""The demos' tables, built from their run records.
+
+`make demo` and `make demo-nlg` write their records to `outputs/demo/runs/` (RUNS_DIR, the experiments' results_dir),
+which git ignores: nothing committed can make a fresh clone skip training. Their tables go to `outputs/demo/`
+(TABLE, NLG_TABLE); `results/demo/reference*.md` are committed tables of an earlier run, kept for comparison.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,13 @@ import pandas as pd
 
 from lora import records
 from lora.errors import InputNotFound
+
+# Where `make demo` / `make demo-nlg` write (conf/experiment/demo*.yaml results_dir) and what they print.
+RUNS_DIR = "outputs/demo/runs"
+TABLE = "outputs/demo/table.md"
+NLG_TABLE = "outputs/demo/table_nlg.md"
+REFERENCE = "results/demo/reference.md"
+NLG_REFERENCE = "results/demo/reference_nlg.md"
 
 ORDER = ("full", "bitfit", "adapter_h", "adapter_p", "prefix_embed", "lora")
 LABELS = {
@@ -78,7 +90,10 @@ def render(df: pd.DataFrame, runs_dir: str | Path) -> str:
             f"LoRA − full fine-tuning: {gap:+.2f} points at {pct:.3f}% of the parameters trained: the paper's claim "
             f"(within 2 points at well under 1%) {verdict} here.",
         ]
-    lines += ["", f"Built by `make demo` from the records in `{runs_dir}`."]
+    lines += [
+        "",
+        f"Built by `make demo` from the records in `{runs_dir}`. An earlier run, for comparison: {REFERENCE}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -118,6 +133,6 @@ def render_nlg(df: pd.DataFrame, runs_dir: str | Path) -> str:
         "BLEU, METEOR, ROUGE-L x100; NIST, CIDEr as the official E2E script. Decoded with beam search (the paper's"
         " settings) on a fixed subset of the E2E test set; see conf/experiment/demo_nlg.yaml for the budget.",
         "",
-        f"Built by `make demo-nlg` from the records in `{runs_dir}`.",
+        f"Built by `make demo-nlg` from the records in `{runs_dir}`. An earlier run, for comparison: {NLG_REFERENCE}.",
     ]
     return "\n".join(lines) + "\n"

@@ -306,6 +306,7 @@ def build_model(
     trust_remote_code: bool = False,
     overrides: dict[str, Any] | None = None,
     hub: str | None = None,
+    attn_implementation: str | None = None,
 ) -> nn.Module:
     """Build the model `resolve(name, hub=hub, path=path)` names, for `kind`.
 
@@ -313,6 +314,9 @@ def build_model(
     tiny models are built from config with seeded random weights); pretrained=False builds the same architecture
     from config with random weights, on `device` (`meta` for counting parameters).
     For classification, num_labels=1 means regression (STS-B). `overrides` set config attributes (e.g. dropout).
+    attn_implementation: None = transformers' default; `sdpa` = PyTorch's scaled_dot_product_attention where
+    transformers supports it for the family, else the family's eager attention (DeBERTa-v2, Gemma 2); `eager`.
+    The model's `config._attn_implementation` says which one it runs.
     """
     s = resolve(name, hub=hub, path=path)
     auto = _auto_class(kind)
@@ -320,17 +324,42 @@ def build_model(
     extra.update(overrides or {})
     if num_labels == 1 and kind == "classification":
         extra["problem_type"] = "regression"
+    attention: dict[str, Any] = (
+        {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    )
+
+    def without_sdpa(e: ValueError) -> bool:
+        """transformers refuses sdpa for a family without it: fall back to its eager attention."""
+        if attention.get("attn_implementation") != "sdpa" or "scaled_dot_product_attention" not in str(e):
+            return False
+        attention["attn_implementation"] = "eager"
+        return True
+
     if not pretrained or s.source == "tiny":
         cfg = build_config(s, trust_remote_code=trust_remote_code)
         for k, v in extra.items():
             setattr(cfg, k, v)
-        # The same random weights every time, without touching the caller's random state.
-        with torch.random.fork_rng(devices=[]), torch.device(device):
-            torch.manual_seed(0)
-            return auto.from_config(cfg, trust_remote_code=trust_remote_code)
+
+        def from_config() -> nn.Module:
+            # The same random weights every time, without touching the caller's random state.
+            with torch.random.fork_rng(devices=[]), torch.device(device):
+                torch.manual_seed(0)
+                return auto.from_config(cfg, trust_remote_code=trust_remote_code, **attention)
+
+        try:
+            return from_config()
+        except ValueError as e:
+            if not without_sdpa(e):
+                raise
+            return from_config()
     source = s.path or (str(pretrained_path(s.name)) if s.source == "package" else s.hub)
     try:
-        model = auto.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
+        try:
+            model = auto.from_pretrained(source, trust_remote_code=trust_remote_code, **extra, **attention)
+        except ValueError as e:
+            if not without_sdpa(e):
+                raise
+            model = auto.from_pretrained(source, trust_remote_code=trust_remote_code, **extra, **attention)
     except OSError as e:
         raise NotAvailable(
             f"cannot load {s.name!r} from {source!r} ({type(e).__name__}). Offline? Use model.pretrained=false for "

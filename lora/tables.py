@@ -440,7 +440,9 @@ def footer(b: Built, runs_dir: str) -> list[str]:
         lines.append("No complete records for this table yet: every 'ours' cell is missing.")
     remarks = cells.loc[~cells["note"].isin(("", *SYMBOLS)), ["experiment", "note"]].drop_duplicates()
     lines += [f"Paper note, {exp}: {note}." for exp, note in remarks.itertuples(index=False)]
-    lines += [f"Our row, {exp}: {ROW_NOTES[exp]}" for exp in sorted(set(cells["experiment"])) if exp in ROW_NOTES]
+    lines += [
+        f"Our row, {exp}: {ROW_NOTES[exp]}" for exp in sorted(set(cells["experiment"])) if exp in ROW_NOTES
+    ]
     if b.left_out:
         lines.append(f"Left out, not complete ({len(b.left_out)}):")
         lines += [f"- {_describe(rec)}" for rec in sorted(b.left_out, key=_id)]

@@ -45,6 +45,7 @@ from lora.config import Config, RunSpec, validate
 from lora.data.fingerprint import data_fingerprint
 from lora.errors import ConfigError, InputNotFound
 from lora.export import peft_beside
+from lora.fastpath import resolve_optim
 from lora.models import (
     build_model,
     build_tokenizer,
@@ -294,6 +295,7 @@ def batch_sizes(cfg: Config) -> dict[str, int]:
 
 
 def training_args(cfg: Config, out_dir: Path, device: torch.device) -> TrainingArguments:
+
     t = cfg.train
     report_to = loggers.report_to(cfg.logger.name)
     return TrainingArguments(
@@ -311,7 +313,7 @@ def training_args(cfg: Config, out_dir: Path, device: torch.device) -> TrainingA
         adam_epsilon=t.adam_epsilon,
         lr_scheduler_type="linear",
         warmup_steps=t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio,
-        optim="adamw_torch",
+        optim=resolve_optim(t.optim, device),
         label_smoothing_factor=0.0 if cfg.task.kind == "nlg" else t.label_smoothing,
         eval_strategy="epoch",
         save_strategy="epoch",  # lora.resume's checkpoints (ResumableTrainer._save_checkpoint)
@@ -322,6 +324,7 @@ def training_args(cfg: Config, out_dir: Path, device: torch.device) -> TrainingA
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=t.bf16,
+        torch_compile=t.compile,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         use_cpu=device.type == "cpu",
         disable_tqdm=not t.progress,
@@ -555,6 +558,7 @@ def _setup(spec: RunSpec, run: Run, init: InitSource | None) -> Prepared:
         model = build_model(
             model_spec, kind, num_labels=num_labels, pretrained=c.model.pretrained,
             trust_remote_code=c.model.trust_remote_code, overrides=overrides,
+            attn_implementation=c.train.attn_implementation,
         )  # fmt: skip
         transformers.set_seed(
             c.seed
@@ -562,6 +566,10 @@ def _setup(spec: RunSpec, run: Run, init: InitSource | None) -> Prepared:
         report = methods.apply(model, spec.method, spec.method_cfg, head=head_parameter_names(model))
         if init is not None:
             load_adapter(model, init.path, head=False)
+        if c.train.bf16 and c.train.bf16_frozen:  # frozen weights bf16, trainable fp32
+            from lora.fastpath import hold_frozen_in_bf16
+
+            hold_frozen_in_bf16(model, device_of(c).type)
         data = nlg_data(c, tokenizer) if c.task.kind == "nlg" else glue_data(c, tokenizer)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -596,7 +604,7 @@ def effective_settings(c: Config, model: Any) -> dict[str, Any]:
         "batch": batch_sizes(c),
         "dropout": effective_dropouts(model),
         "optimizer": {
-            "name": "adamw_torch",
+            "name": resolve_optim(t.optim, device_of(c)),
             "betas": [t.adam_beta1, t.adam_beta2],
             "eps": t.adam_epsilon,
             "weight_decay": t.weight_decay,

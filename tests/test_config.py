@@ -90,7 +90,7 @@ RESOLVED: list[tuple[str, str | None, dict[str, Any]]] = [
                             "method.targets": ["q", "k", "v", "o"], "init_from": None, "train.lr": 5e-4}),
     ("targets_q", "sst2", {"method.r": 8, "method.targets": ["q"], "init_from": None, "train.epochs": 60}),
     ("demo", None, {"task.name": "polarity", "model.name": "minilm", "train.lr": 1e-3,
-                    "results_dir": "results/demo/runs"}),
+                    "results_dir": "outputs/demo/runs"}),
     ("demo_nlg", None, {"model.name": "smollm2", "method.r": 4, "method.alpha": 32, "train.max_steps": 80,
                         "task.max_train_samples": 200}),
 ]  # fmt: skip

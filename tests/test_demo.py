@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lora import records
-from lora.demo import LABELS, demo_table, render
+from lora.demo import LABELS, NLG_REFERENCE, NLG_TABLE, REFERENCE, RUNS_DIR, TABLE, demo_table, render
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ["method", "trainable", "% of total", "peak memory (MiB)", "train time (s)", "accuracy (%)", "best epoch"]  # fmt: skip
@@ -130,3 +133,81 @@ def test_demo_script_without_records_is_one_error_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "make demo" in done.stderr and "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------- a fresh clone's `make demo` always trains
+
+
+def git(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def composed_results_dir(experiment: str) -> str:
+    from hydra import compose, initialize_config_dir
+
+    import lora.config  # noqa: F401  (the config schema and the `by` resolver)
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return str(compose("config", overrides=[f"experiment={experiment}"]).results_dir)
+
+
+def make_n(target: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "EXTRA")}
+    done = subprocess.run(["make", "-n", "--no-print-directory", target], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60, check=True)  # fmt: skip
+    return done.stdout
+
+
+needs_git_and_make = pytest.mark.skipif(
+    shutil.which("git") is None or shutil.which("make") is None or not (ROOT / ".git").exists(),
+    reason="needs git, make and a git checkout",
+)
+
+
+@needs_git_and_make
+@pytest.mark.parametrize(
+    ("target", "experiment", "table"), [("demo", "demo", TABLE), ("demo-nlg", "demo_nlg", NLG_TABLE)]
+)
+def test_a_fresh_clone_has_no_demo_record_to_skip_on(target: str, experiment: str, table: str) -> None:
+    # A run skips when a complete record with its config hash is in its results_dir: if that folder held committed
+    # records, a fresh clone's `make demo` would print the committed table without training. The records must go to
+    # a folder git ignores, with nothing tracked under it, and the table script must read that same folder.
+    runs = composed_results_dir(experiment)
+    assert runs == RUNS_DIR
+    assert not Path(runs).is_absolute() and ".." not in Path(runs).parts
+    assert git("check-ignore", "-q", f"{runs}/x.json").returncode == 0, f"{runs} is not ignored by git"
+    assert git("check-ignore", "-q", table).returncode == 0, f"{table} is not ignored by git"
+    tracked = git("ls-files", "--", runs, str(Path(table).parent))
+    assert tracked.returncode == 0 and tracked.stdout == "", f"tracked files under {runs}: {tracked.stdout}"
+    script = make_n(target)
+    trains = [line for line in script.splitlines() if f"experiments/train.py experiment={experiment}" in line]
+    assert trains and all("results_dir=" not in line for line in trains)  # the experiment's own results_dir
+    (table_line,) = [line for line in script.splitlines() if "experiments/demo.py" in line]
+    args = shlex.split(table_line)[2:]  # no RUNS_DIR / OUT: the defaults, RUNS_DIR and the table above
+    assert args == (["nlg"] if experiment == "demo_nlg" else [])
+
+
+def test_the_committed_demo_tables_are_labelled_references() -> None:
+    for name in (REFERENCE, NLG_REFERENCE):
+        text = (ROOT / name).read_text()
+        first = text.splitlines()[0]
+        assert "earlier run, not yours" in first
+        assert "Machine:" in text and "Command: `make demo" in text and "outputs/demo/table" in text
+    assert not (ROOT / "results" / "demo" / "runs").exists()
+    for old in ("table.md", "table_nlg.md"):
+        assert not (ROOT / "results" / "demo" / old).exists()
+
+
+def test_the_demo_script_defaults_to_the_ignored_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # experiments/demo.py with no arguments reads RUNS_DIR and writes TABLE, relative to where it runs.
+    monkeypatch.chdir(tmp_path)
+    write_demo_record(tmp_path / RUNS_DIR, "full", BACKBONE, 0.81)
+    write_demo_record(tmp_path / RUNS_DIR, "lora", 147_456, 0.80)
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "demo.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / TABLE
+    assert out.read_text() == render(demo_table(RUNS_DIR), RUNS_DIR)
+    assert f"wrote {TABLE}" in done.stdout and REFERENCE in out.read_text()

@@ -11,38 +11,19 @@ The training step and the memory measurement are those of `lora.bench.training`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import nn
 
-from lora import methods
-from lora.bench.latency import sharing_copy
-from lora.bench.lora_core import Memory
-from lora.bench.timing import (
-    MiB,
-    Ratio,
-    Stats,
-    gradient_bytes,
-    interleaved,
-    load_average,
-    machine_lines,
-    markdown_table,
-    optimizer_state_bytes,
-    paired_ratio,
-    parameter_bytes,
-    peak_bytes,
-    resolve_device,
-    threads_line,
-    write_report,
-)
-from lora.bench.training import make_inputs, training_step
+from lora.bench.harness import Memory, Report, Session, Variant, with_method
+from lora.bench.timing import MiB, Ratio, Stats, paired_ratio
 from lora.errors import ConfigError
 from lora.methods.lora import LoRAConfig
-from lora.models import build_model, spec
+from lora.models import spec
 
 
 @dataclass(frozen=True)
@@ -127,24 +108,16 @@ def points(cfg: CostConfig) -> list[Point]:
     return out
 
 
-def build_base(cfg: CostConfig, width: int, device: torch.device) -> nn.Module:
-    overrides = {
-        "hidden_size": width,
-        "num_attention_heads": width // cfg.head_dim,
-        "num_hidden_layers": cfg.layers,
-    }
-    model = build_model(cfg.model, "causal_lm", pretrained=False, device=device, overrides=overrides)
-    return model.to(getattr(torch, cfg.dtype))
+def build_base(cfg: CostConfig, width: int, session: Session) -> nn.Module:
+    overrides = {"hidden_size": width, "num_attention_heads": width // cfg.head_dim}
+    return session.build(cfg.model, "causal_lm", layers=cfg.layers, overrides=overrides)
 
 
-def with_method(base: nn.Module, r: int | None) -> tuple[nn.Module, list[tuple[nn.Parameter, bool]]]:
+def with_method_at(base: nn.Module, r: int | None) -> Variant:
     """A weight-sharing copy of `base` with LoRA r on q, v (None: full fine-tuning), and its requires_grad flags."""
-    model = sharing_copy(base)
     if r is None:
-        methods.apply(model, "full", methods.method_config("full"))
-    else:
-        methods.apply(model, "lora", LoRAConfig(r=r, alpha=float(r), targets=["q", "v"]))
-    return model.train(), [(p, p.requires_grad) for p in model.parameters()]
+        return with_method(base, "full", head=False)
+    return with_method(base, "lora", LoRAConfig(r=r, alpha=float(r), targets=["q", "v"]), head=False)
 
 
 def run(
@@ -155,37 +128,30 @@ def run(
     figure: Path | None = None,
 ) -> CostReport:
     """Build every variant, measure its memory, time all of them interleaved; write the report and the figure."""
-    t_start = time.perf_counter()
-    device = resolve_device(cfg.device)
-    report = CostReport(cfg, command, device, load_at_start=load_average())
-    bases = {w: build_base(cfg, w, device) for w in cfg.widths}
-    inputs = {w: make_inputs(bases[w], cfg.batch, cfg.seq, device) for w in cfg.widths}
+    session = Session(cfg.device, cfg.dtype, None, command, log)
+    report = CostReport(cfg, command, session.device, load_at_start=session.load_at_start)
+    bases = {w: build_base(cfg, w, session) for w in cfg.widths}
+    inputs = {w: session.inputs(bases[w], cfg.batch, cfg.seq) for w in cfg.widths}
     steps: dict[Point, Callable[[], None]] = {}
     for p in points(cfg):
-        model, flags = with_method(bases[p.width], p.r)
-        params = [q for q, trainable in flags if trainable]
-        opt = torch.optim.AdamW(params, lr=cfg.lr)
-        steps[p] = training_step(model, opt, inputs[p.width], flags)
-        steps[p]()  # warm-up: creates the AdamW state
-        extra = peak_bytes(steps[p], device)
-        report.trainable[p] = sum(q.numel() for q in params)
-        report.memory[p] = Memory(
-            parameter_bytes(model), gradient_bytes(model), optimizer_state_bytes(opt), extra
-        )
+        v = with_method_at(bases[p.width], p.r)
+        steps[p] = v.step(inputs[p.width], lr=cfg.lr)
+        report.trainable[p] = v.trainable
+        report.memory[p] = session.memory(v, steps[p])
         log(
             f"{p.name}: {report.trainable[p]:,} trainable, p+g+AdamW of those "
             f"{report.trainable_bytes(p) / MiB:,.2f} MiB, measured peak {report.memory[p].peak / MiB:,.0f} MiB"
         )
     log(f"timing {len(steps)} variants, {cfg.reps} interleaved rounds")
-    named = interleaved({p.name: s for p, s in steps.items()}, cfg.reps, device, warmup=0, progress=log)
+    named = session.time({p.name: s for p, s in steps.items()}, cfg.reps, warmup=0)
     report.step = {p: named[p.name] for p in steps}
     report.vs_full = {p: paired_ratio(report.step[p], report.step[Point(p.width, None)]) for p in steps}
-    report.seconds = time.perf_counter() - t_start
+    report.seconds = session.seconds
     if figure is not None:
         plot(report, figure)
         log(f"wrote {figure}")
     if out is not None:
-        write_report(out, render(report, figure), log)
+        render(report, session, figure).write(out)
     return report
 
 
@@ -269,19 +235,31 @@ HEADER = [
 ]  # fmt: skip
 
 
-def render(report: CostReport, figure: Path | None = None) -> str:
-    """The markdown report: setup, the r sweep, the width sweep, machine."""
+def _frame(report: CostReport, points: list[Point]) -> pd.DataFrame:
+    rows = []
+    for p in points:
+        s, r, m, full = report.step[p], report.vs_full[p], report.memory[p], Point(p.width, None)
+        rows.append({
+            "width": p.width, "r": p.r, "trainable": report.trainable[p], "trainable_bytes": report.trainable_bytes(p),
+            "trainable_bytes_vs_full": report.trainable_bytes(p) / report.trainable_bytes(full),
+            "peak_bytes": m.peak, "peak_vs_full": m.peak / report.memory[full].peak,
+            "step_ms_median": 1e3 * s.median, "step_ms_min": 1e3 * s.min, "time_vs_full_median": r.median,
+            "time_vs_full_low": r.low, "time_vs_full_high": r.high, "time_vs_full_minima": r.of_minima,
+            "cpu_time_vs_full_median": paired_ratio(s, report.step[full], clock="cpu").median,
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def render(report: CostReport, session: Session, figure: Path | None = None) -> Report:
+    """The report: setup, the r sweep, the width sweep, machine."""
     cfg = report.cfg
     header = HEADER + (["time / full, process CPU time (median)"] if report.device.type == "cpu" else [])
     by_r = sorted((p for p in report.step if p.width == cfg.width), key=lambda p: (p.r is None, p.r or 0))
     by_w = sorted(
         (p for p in report.step if p.r in (None, cfg.width_rank)), key=lambda p: (p.width, p.r is None)
     )
-    return "\n".join([
-        "# LoRA cost curve: step time and memory vs rank r and model width",
-        "",
-        f"Made by: `{report.command}` (total {report.seconds:.0f} s).",
-        "",
+    rep = session.report("# LoRA cost curve: step time and memory vs rank r and model width")
+    rep.text(
         f"- model: GPT-2 ({cfg.model}'s config) with {cfg.layers} layers, width d in {list(cfg.widths)} (heads of "
         f"{cfg.head_dim}), its 50,257-token LM head (tied to the embedding), random weights, {cfg.dtype}; causal LM "
         f"loss on batch {cfg.batch} x sequence {cfg.seq} random tokens",
@@ -295,20 +273,20 @@ def render(report: CostReport, figure: Path | None = None) -> str:
         + ("(`torch.cuda.max_memory_allocated`)" if report.device.type == "cuda" else "(torch profiler, CPU)")
         + ". *time / full*: against full FT of the same width, of the wall clock (median over rounds, range) "
         "and of the best rounds"
-        + ("; *process CPU time*: the median ratio of `time.process_time`" if report.device.type == "cpu" else ""),
-        "",
-        f"## Rank sweep (d = {cfg.width})",
-        "",
-        markdown_table(header, [_row(report, p) for p in by_r]),
-        "",
-        f"## Width sweep (LoRA r = {cfg.width_rank} vs full FT)",
-        "",
-        markdown_table(header, [_row(report, p) for p in by_w]),
-        "",
-        *([f"![cost curve]({figure.name})", ""] if figure is not None else []),
-        "## Machine",
-        "",
-        *machine_lines(report.device, getattr(torch, cfg.dtype), report.load_at_start),
-        threads_line(report.device),
-        "",
-    ])  # fmt: skip
+        + (
+            "; *process CPU time*: the median ratio of `time.process_time`"
+            if report.device.type == "cpu"
+            else ""
+        )
+        + ". The CSV beside this report holds the raw values (column `table`: `rank`, `width`)",
+    )
+    rep.heading(f"Rank sweep (d = {cfg.width})")
+    rep.table(
+        _frame(report, by_r), "rank", shown=pd.DataFrame([_row(report, p) for p in by_r], columns=header)
+    )
+    rep.heading(f"Width sweep (LoRA r = {cfg.width_rank} vs full FT)")
+    rep.table(
+        _frame(report, by_w), "width", shown=pd.DataFrame([_row(report, p) for p in by_w], columns=header)
+    )
+    rep.figure(figure, "cost curve")
+    return rep.machine()

@@ -13,31 +13,20 @@ bottleneck on y, colour and label = median % over the base.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import nn
 
 from lora import methods
-from lora.bench.latency import ADAPTER_METHODS, BASE, LORA, forward_pass, merged_lora, sharing_copy
-from lora.bench.timing import (
-    Ratio,
-    Stats,
-    interleaved,
-    load_average,
-    machine_lines,
-    markdown_table,
-    paired_ratio,
-    pct_over,
-    resolve_device,
-    threads_line,
-    write_report,
-)
+from lora.bench.harness import Report, Session, forward_pass, sharing_copy
+from lora.bench.latency import ADAPTER_METHODS, BASE, LORA, merged_lora
+from lora.bench.timing import Ratio, Stats, paired_ratio, pct_over
 from lora.errors import ConfigError
-from lora.models import build_model, spec
+from lora.models import spec
 
 
 @dataclass(frozen=True)
@@ -105,13 +94,11 @@ class Figure5Report:
         return 100 * (cell.overhead[name].median - 1)
 
 
-def build_variants(cfg: Figure5Config, device: torch.device) -> tuple[dict[str, nn.Module], dict[str, int]]:
+def build_variants(cfg: Figure5Config, session: Session) -> tuple[dict[str, nn.Module], dict[str, int]]:
     """The base model, merged LoRA and every adapter x bottleneck (weights shared), in eval mode, and the
     trainable parameter count of each."""
-    overrides = {} if cfg.layers is None else {"num_hidden_layers": cfg.layers}
     kind = "causal_lm" if cfg.lm_head else "base"
-    base = build_model(cfg.model, kind, pretrained=False, device=device, overrides=overrides)
-    base = base.to(getattr(torch, cfg.dtype)).eval()
+    base = session.build(cfg.model, kind, layers=cfg.layers).eval()
     lora, n_lora = merged_lora(base, cfg.r, cfg.alpha)
     models: dict[str, nn.Module] = {BASE: base, LORA: lora.eval()}
     params = {BASE: 0, LORA: n_lora}
@@ -132,23 +119,25 @@ def run(
     log: Callable[[str], None] = print,
     figure: Path | None = None,
 ) -> Figure5Report:
-    """Time every cell of the grid (variants interleaved within a cell); write the markdown report to `out` and
-    the heatmaps to `figure` (when given)."""
-    t_start = time.perf_counter()
-    device = resolve_device(cfg.device)
-    report = Figure5Report(cfg, command, device, load_at_start=load_average())
-    log(f"building {cfg.model} (random weights, layers: {cfg.layers or 'all'}) on {device}, {cfg.dtype}")
-    models, report.params = build_variants(cfg, device)
+    """Time every cell of the grid (variants interleaved within a cell); write the report to `out` and the
+    heatmaps to `figure` (when given)."""
+    session = Session(cfg.device, cfg.dtype, None, command, log)
+    report = Figure5Report(cfg, command, session.device, load_at_start=session.load_at_start)
+    log(
+        f"building {cfg.model} (random weights, layers: {cfg.layers or 'all'}) on {session.device}, {cfg.dtype}"
+    )
+    models, report.params = build_variants(cfg, session)
     report.n_layers = models[BASE].config.num_hidden_layers
     vocab = models[BASE].config.vocab_size
     for seq in cfg.seqs:
         for batch in cfg.batches:
-            ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0)).to(device)
+            g = torch.Generator().manual_seed(0)
+            ids = torch.randint(0, vocab, (batch, seq), generator=g).to(session.device)
             log(
                 f"batch {batch} x seq {seq}: {len(models)} variants, {cfg.warmup} warm-up + {cfg.reps} rounds"
             )
             fns = {name: forward_pass(model, ids) for name, model in models.items()}
-            cell = Cell(batch, seq, interleaved(fns, cfg.reps, device, warmup=cfg.warmup))
+            cell = Cell(batch, seq, session.time(fns, cfg.reps, warmup=cfg.warmup, progress=False))
             cell.overhead = {n: paired_ratio(s, cell.stats[BASE]) for n, s in cell.stats.items() if n != BASE}
             report.cells.append(cell)
             worst = max(cell.overhead, key=lambda n: cell.overhead[n].median)
@@ -156,12 +145,12 @@ def run(
                 f"  base {1e3 * cell.stats[BASE].median:.1f} ms; merged LoRA "
                 f"{pct_over(cell.overhead[LORA].median)}; largest: {worst} {pct_over(cell.overhead[worst].median)}"
             )
-    report.seconds = time.perf_counter() - t_start
+    report.seconds = session.seconds
     if figure is not None:
         plot(report, figure)
         log(f"wrote {figure}")
     if out is not None:
-        write_report(out, render(report, figure), log)
+        render(report, session, figure).write(out)
     return report
 
 
@@ -210,8 +199,21 @@ def plot(report: Figure5Report, path: Path) -> Path:
     return path
 
 
-def render(report: Figure5Report, figure: Path | None = None) -> str:
-    """The markdown report: setup (and what differs from the paper), one row per cell, the merged-LoRA summary."""
+def _frame(report: Figure5Report) -> pd.DataFrame:
+    rows = []
+    for c in report.cells:
+        for n, o in c.overhead.items():
+            rows.append({
+                "batch": c.batch, "seq": c.seq, "variant": n, "params": report.params[n],
+                "base_ms_median": 1e3 * c.stats[BASE].median, "ms_median": 1e3 * c.stats[n].median,
+                "over_base_median": o.median - 1, "over_base_minima": o.of_minima - 1,
+                "over_base_cpu_median": paired_ratio(c.stats[n], c.stats[BASE], clock="cpu").median - 1,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def render(report: Figure5Report, session: Session, figure: Path | None = None) -> Report:
+    """The report: setup (and what differs from the paper), one row per cell, the merged-LoRA summary."""
     cfg = report.cfg
     names = [n for n in report.cells[0].stats if n != BASE] if report.cells else []
     cpu_clock = report.device.type == "cpu"
@@ -268,14 +270,14 @@ def render(report: Figure5Report, figure: Path | None = None) -> str:
             )
         )
     params = ", ".join(f"{n} {p:,}" for n, p in report.params.items() if n != BASE)
-    return "\n".join([
-        "# Figure 5: inference latency over batch size x sequence length x adapter bottleneck",
-        "",
-        f"Made by: `{report.command}` (total {report.seconds:.0f} s).",
-        "",
+    rep = session.report(
+        "# Figure 5: inference latency over batch size x sequence length x adapter bottleneck"
+    )
+    rep.text(
         "Paper (Hu et al., 2021, Appendix B, Figure 5; GPT-2 medium on a Quadro RTX8000): AdapterL and AdapterH "
-        "add latency, most at small batch and short sequence (over 30%); merged LoRA adds none.",
-        "",
+        "add latency, most at small batch and short sequence (over 30%); merged LoRA adds none."
+    )
+    rep.text(
         f"- {'; '.join(reduced) if reduced else 'the paper grid and model (GPT-2 medium, 24 layers, LM head)'}",
         f"- random weights, {cfg.dtype}, eval mode, `torch.inference_mode()`, `use_cache=False`, random token ids",
         f"- variants: the base model; LoRA r={cfg.r}, alpha={cfg.alpha:g} on q, v with B non-zero, merged "
@@ -284,16 +286,16 @@ def render(report: Figure5Report, figure: Path | None = None) -> str:
         f"- protocol: per cell {cfg.warmup} warm-up round(s) + {cfg.reps} timed rounds; a round runs every variant "
         "once, in an order rotated each round (interleaved). Cells: the median over rounds of t_variant / t_base "
         "- 1 (same round) of the wall clock; in brackets the ratio of the minima (best rounds)"
-        + (" and the median ratio of process CPU times (one thread: the compute's own cost)" if cpu_clock else ""),
-        "",
-        markdown_table(["batch", "seq", "base ms (median)", *names], rows),
-        "",
-        summary + ".",
-        "",
-        *([f"![Figure 5]({figure.name})", ""] if figure is not None else []),
-        "## Machine",
-        "",
-        *machine_lines(report.device, getattr(torch, cfg.dtype), report.load_at_start),
-        threads_line(report.device),
-        "",
-    ])  # fmt: skip
+        + (
+            " and the median ratio of process CPU times (one thread: the compute's own cost)"
+            if cpu_clock
+            else ""
+        ),
+        "- the CSV beside this report holds one row per cell and variant (overheads as fractions)",
+    )
+    rep.table(
+        _frame(report), "grid", shown=pd.DataFrame(rows, columns=["batch", "seq", "base ms (median)", *names])
+    )
+    rep.text(summary + ".")
+    rep.figure(figure, "Figure 5")
+    return rep.machine()

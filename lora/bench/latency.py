@@ -13,32 +13,19 @@ weights); every variant shares the base weights (no copies), except the matrices
 
 from __future__ import annotations
 
-import copy
 import csv
 import functools
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import nn
 
 from lora import methods
-from lora.bench.timing import (
-    Ratio,
-    Stats,
-    interleaved,
-    load_average,
-    machine_lines,
-    markdown_table,
-    paired_ratio,
-    pct_over,
-    resolve_device,
-    set_threads,
-    threads_line,
-    write_report,
-)
+from lora.bench.harness import Report, Session, forward_pass, sharing_copy
+from lora.bench.timing import Ratio, Stats, paired_ratio, pct_over, threads_line
 from lora.errors import ConfigError, InputNotFound
 from lora.methods.lora import LoRAConfig, lora_modules, merge
 from lora.models import build_model
@@ -186,11 +173,6 @@ def bottleneck_for(model_name: str, method: str, target: int) -> tuple[int, int]
     return m, adapter_params(model_name, method, m)
 
 
-def sharing_copy(model: nn.Module) -> nn.Module:
-    """A copy of `model`'s module tree whose parameters are the same tensors as `model`'s (no weight copies)."""
-    return copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
-
-
 def merged_lora(base: nn.Module, r: int, alpha: float) -> tuple[nn.Module, int]:
     """LoRA r on q, v with a non-zero B (as after training) merged into private copies of the adapted weights."""
     model = sharing_copy(base)
@@ -208,24 +190,15 @@ def merged_lora(base: nn.Module, r: int, alpha: float) -> tuple[nn.Module, int]:
     return model, n_params
 
 
-def forward_pass(model: nn.Module, ids: torch.Tensor) -> Callable[[], None]:
-    def forward() -> None:
-        with torch.inference_mode():
-            model(input_ids=ids, use_cache=False)
-
-    return forward
-
-
 def run(
     cfg: LatencyConfig, out: Path | None = None, command: str = "", log: Callable[[str], None] = print
 ) -> LatencyReport:
-    """Measure every setting (variants interleaved within a setting) and write the markdown report to `out`."""
-    t_start, load_at_start = time.perf_counter(), load_average()
-    device, dtype = resolve_device(cfg.device), getattr(torch, cfg.dtype)
-    set_threads(cfg.threads)
-    report = LatencyReport(cfg=cfg, command=command, device=device, paper=read_paper(cfg.paper_csv))
-    log(f"building {cfg.model} (random weights) on {device}, {cfg.dtype}")
-    base = build_model(cfg.model, "causal_lm", pretrained=False, device=device).to(dtype).eval()
+    """Measure every setting (variants interleaved within a setting) and write the report to `out`."""
+    session = Session(cfg.device, cfg.dtype, cfg.threads, command, log)
+    report = LatencyReport(cfg=cfg, command=command, device=session.device, paper=read_paper(cfg.paper_csv))
+    report.load_at_start = session.load_at_start
+    log(f"building {cfg.model} (random weights) on {session.device}, {cfg.dtype}")
+    base = session.build(cfg.model, "causal_lm").eval()
     lora_model, lora_params = merged_lora(base, cfg.r, cfg.alpha)
     adapters: dict[tuple[str, int], nn.Module] = {}
     for setting in cfg.settings:
@@ -239,14 +212,15 @@ def run(
                 methods.apply(adapters[method, m], method, methods.method_config(method, bottleneck=m))
             models[name] = adapters[method, m].eval()
         g = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, base.config.vocab_size, (setting.batch, setting.seq), generator=g).to(device)
+        ids = torch.randint(0, base.config.vocab_size, (setting.batch, setting.seq), generator=g)
+        ids = ids.to(session.device)
         log(
             f"setting {setting.name}: batch {setting.batch} x seq {setting.seq}, |Theta| {setting.params:,} "
             f"(AdapterL m={res.bottleneck[ADAPTER_L]}, AdapterH m={res.bottleneck[ADAPTER_H]}); "
             f"{cfg.warmup} warm-up + {cfg.reps} interleaved rounds"
         )
         fns = {name: forward_pass(model, ids) for name, model in models.items()}
-        res.stats = interleaved(fns, cfg.reps, device, warmup=cfg.warmup, progress=log)
+        res.stats = session.time(fns, cfg.reps, warmup=cfg.warmup)
         others = [name for name in res.stats if name != BASE]
         res.overhead = {name: paired_ratio(res.stats[name], res.stats[BASE]) for name in others}
         res.cpu_overhead = {n: paired_ratio(res.stats[n], res.stats[BASE], clock="cpu") for n in others}
@@ -254,9 +228,9 @@ def run(
             r, c = res.overhead[name], res.cpu_overhead[name]
             log(f"  {name}: {pct_over(r.median)} over the base model (CPU time {pct_over(c.median)})")
         report.results.append(res)
-    report.seconds, report.load_at_start = time.perf_counter() - t_start, load_at_start
+    report.seconds = session.seconds
     if out is not None:
-        write_report(out, render(report), log)
+        render(report, session).write(out)
     return report
 
 
@@ -278,8 +252,29 @@ def _paper_cells(report: LatencyReport, setting: str, name: str) -> list[str]:
     return [f"{row['value']}{spread}", pct]
 
 
-def render(report: LatencyReport) -> str:
-    """The markdown report: setup, one table of all settings and variants beside the paper, machine."""
+def _frame(report: LatencyReport) -> pd.DataFrame:
+    rows = []
+    for res in report.results:
+        s = res.setting
+        for name, st in res.stats.items():
+            r, c = res.overhead.get(name), res.cpu_overhead.get(name)
+            paper = report.paper.get((s.name, PAPER_METHOD[name]), {})
+            rows.append({
+                "setting": s.name, "paper_batch": s.paper_batch, "paper_seq": s.paper_seq, "budget": s.params,
+                "batch": s.batch, "seq": s.seq, "variant": name, "bottleneck": res.bottleneck.get(name),
+                "params": res.params[name], "ms_mean": 1e3 * st.mean, "ms_std": 1e3 * st.std,
+                "ms_median": 1e3 * st.median, "cpu_ms_median": 1e3 * st.cpu_median,
+                "over_base_median": None if r is None else r.median - 1, "over_base_low": None if r is None else r.low - 1,
+                "over_base_high": None if r is None else r.high - 1,
+                "over_base_minima": None if r is None else r.of_minima - 1,
+                "over_base_cpu_median": None if c is None else c.median - 1,
+                "paper_ms": paper.get("value"), "paper_over_base_pct": paper.get("overhead_pct"),
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def render(report: LatencyReport, session: Session) -> Report:
+    """The report: setup, one table of all settings and variants beside the paper, machine."""
     cfg = report.cfg
     rows = []
     for res in report.results:
@@ -294,12 +289,12 @@ def render(report: LatencyReport) -> str:
                 str(res.bottleneck.get(name, "")), f"{res.params[name]:,}", st.ms(), f"{1e3 * st.median:.1f}",
                 f"{1e3 * st.cpu_median:.1f}", *over, *_paper_cells(report, s.name, name),
             ])  # fmt: skip
+    columns = ["setting (paper)", "ours: batch x seq", "variant", "bottleneck m", "|Theta|", "ms (mean ± std)",
+               "ms (median)", "CPU ms (median)", "over base: wall (range)", "over base: wall, of minima",
+               "over base: CPU time (range)", "paper ms", "paper over base"]  # fmt: skip
     paper_note = next(iter(report.paper.values()), {}).get("note", "")
-    return "\n".join([
-        f"# Table 1: inference latency of one forward pass of {cfg.model}",
-        "",
-        f"Made by: `{report.command}` (total {report.seconds:.0f} s).",
-        "",
+    rep = session.report(f"# Table 1: inference latency of one forward pass of {cfg.model}")
+    rep.text(
         f"- model: {cfg.model} built from its config with random weights (latency depends on shapes only), causal "
         "LM head, eval mode, `torch.inference_mode()`, `use_cache=False`, random token ids, no padding",
         f"- settings: {cfg.scaling}. The paper's settings (batch x seq, |Theta|) label each row; the ratios to "
@@ -316,16 +311,7 @@ def render(report: LatencyReport) -> str:
         "min t_base - 1 (best rounds: other jobs only add time)",
         threads_line(report.device),
         f"- paper: Hu et al. (2021) Table 1 ({paper_note}), read from `results/paper/table1_latency.csv`",
-        "",
-        markdown_table(
-            ["setting (paper)", "ours: batch x seq", "variant", "bottleneck m", "|Theta|", "ms (mean ± std)",
-             "ms (median)", "CPU ms (median)", "over base: wall (range)", "over base: wall, of minima",
-             "over base: CPU time (range)", "paper ms", "paper over base"],
-            rows,
-        ),  # fmt: skip
-        "",
-        "## Machine",
-        "",
-        *machine_lines(report.device, getattr(torch, cfg.dtype), report.load_at_start),
-        "",
-    ])  # fmt: skip
+        "- the CSV beside this report holds the raw values (milliseconds; overheads as fractions)",
+    )
+    rep.table(_frame(report), "table1", shown=pd.DataFrame(rows, columns=columns))
+    return rep.machine(threads=False)

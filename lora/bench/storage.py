@@ -12,16 +12,15 @@ The GPT-3 row is computed from the paper's shapes, not measured.
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from lora import methods
-from lora.bench.latency import sharing_copy
-from lora.bench.timing import load_average, machine_lines, markdown_table, write_report
+from lora.bench.harness import Report, Session, sharing_copy
 from lora.bench.training import ALL_METHODS, config_label, configure, model_kind
 from lora.checkpoint import WEIGHTS, save_adapter
 from lora.errors import ConfigError
@@ -167,9 +166,9 @@ def count_model(
 def run(
     cfg: StorageConfig, out: Path | None = None, command: str = "", log: Callable[[str], None] = print
 ) -> StorageReport:
-    """Count every model x method and write the markdown report to `out`."""
-    t0 = time.perf_counter()
-    report = StorageReport(cfg, command, load_at_start=load_average())
+    """Count every model x method and write the report to `out` (Markdown + CSV)."""
+    session = Session("cpu", "float32", None, command, log)
+    report = StorageReport(cfg, command, load_at_start=session.load_at_start)
     for name in cfg.models:
         report.rows += count_model(name, cfg, report.skipped, log)
     mismatched = [r for r in report.rows if r.written is not None and r.written != r.checkpoint_bytes]
@@ -178,9 +177,9 @@ def run(
         raise RuntimeError(
             f"{r.model} {r.method}: computed {r.checkpoint_bytes:,} bytes, wrote {r.written:,}"
         )
-    report.seconds = time.perf_counter() - t0
+    report.seconds = session.seconds
     if out is not None:
-        write_report(out, render(report), log)
+        render(report, session).write(out)
     return report
 
 
@@ -193,27 +192,31 @@ def human(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def render(report: StorageReport) -> str:
-    """The markdown report: claim, method, one table of every model x method, the GPT-3 line, machine."""
+def render(report: StorageReport, session: Session) -> Report:
+    """The report: claim, method, one table of every model x method, the GPT-3 line, machine."""
     rows = [
         [r.model, r.method, r.config, f"{r.trainable:,}", f"{r.checkpoint_bytes:,}", human(r.checkpoint_bytes),
          human(r.method_bytes), human(r.full_bytes), f"{r.ratio:,.1f}x", f"{r.method_ratio:,.1f}x",
          "" if r.written is None else ("yes" if r.written == r.checkpoint_bytes else f"NO: {r.written:,}")]
         for r in report.rows
     ]  # fmt: skip
-    skipped = [
-        f"- {model} {method}: not applicable ({why})" for (model, method), why in report.skipped.items()
-    ]
+    raw = pd.DataFrame([
+        {"model": r.model, "method": r.method, "config": r.config, "trainable": r.trainable,
+         "checkpoint_bytes": r.checkpoint_bytes, "method_bytes": r.method_bytes, "full_bytes": r.full_bytes,
+         "full_vs_checkpoint": r.ratio, "full_vs_method": r.method_ratio, "written_bytes": r.written}
+        for r in report.rows
+    ])  # fmt: skip
+    columns = ["model", "method", "config", "trainable", "adapter checkpoint bytes", "adapter checkpoint",
+               "method only", "full model (fp32)", "full / checkpoint", "full / method only",
+               "file written = computed"]  # fmt: skip
     gpt3 = Gpt3LoRA()
     verified = ", ".join(report.cfg.verify) or "none"
-    return "\n".join([
-        "# Checkpoint size: adapter-only checkpoints vs the full model",
-        "",
-        f"Made by: `{report.command}` (total {report.seconds:.0f} s).",
-        "",
+    rep = session.report("# Checkpoint size: adapter-only checkpoints vs the full model")
+    rep.text(
         "Paper (Hu et al., 2021, Section 4.2): on GPT-3 175B, LoRA with r = 4 on W_q and W_v shrinks the "
-        "checkpoint about 10,000x, from 350 GB to 35 MB.",
-        "",
+        "checkpoint about 10,000x, from 350 GB to 35 MB."
+    )
+    rep.text(
         "- every method configured as the paper ran it on that model (*config*; "
         "`lora.bench.training.PAPER_OPTIONS`, else the method's defaults); encoders with a 2-label "
         "classification head, GPT-2 as a causal LM (no task head)",
@@ -225,29 +228,27 @@ def render(report: StorageReport) -> str:
         "(no task head)",
         f"- *file written*: for {verified}, each adapter was also written with `save_adapter` (random weights) "
         "and its file size compared with the computed one (`full` is not written: it is the model)",
-        "",
-        markdown_table(
-            ["model", "method", "config", "trainable", "adapter checkpoint bytes", "adapter checkpoint",
-             "method only", "full model (fp32)", "full / checkpoint", "full / method only", "file written = computed"],
-            rows,
-        ),  # fmt: skip
-        "",
-        *skipped,
-        "",
+        "- the CSV beside this report holds the raw byte counts",
+    )
+    rep.table(raw, "storage", shown=pd.DataFrame(rows, columns=columns))
+    if report.skipped:
+        rep.text(
+            *(
+                f"- {model} {method}: not applicable ({why})"
+                for (model, method), why in report.skipped.items()
+            )
+        )
+    rep.text(
         "Reading: LoRA with rank r on W_q and W_v stores 2 x 2 r d parameters per layer against the layer's "
         "12 d^2 (attention 4 d^2, feed-forward 8 d^2), so full / LoRA is about 3 d / r ignoring embeddings: the "
         "ratio grows with the width (768 for GPT-2 medium at r = 4, 9,216 for GPT-3). For the classifiers the "
         "task head (RoBERTa's dense d x d + out_proj, 0.59M parameters on roberta-base) is stored with every "
-        "adapter and outweighs LoRA's own parameters, hence the two ratio columns.",
-        "",
-        "## GPT-3 175B (computed from the paper's shapes, not measured)",
-        "",
+        "adapter and outweighs LoRA's own parameters, hence the two ratio columns."
+    )
+    rep.heading("GPT-3 175B (computed from the paper's shapes, not measured)")
+    rep.text(
         f"LoRA r = {gpt3.r} on W_q and W_v, d_model = {gpt3.d}, L = {gpt3.layers}: {gpt3.formula()}. The paper "
         "rounds this to 35 MB and 10,000x. In fp32, as the table above counts, both sides double and the ratio "
-        "is the same.",
-        "",
-        "## Machine",
-        "",
-        *machine_lines(torch.device("cpu"), torch.float32, report.load_at_start),
-        "",
-    ])  # fmt: skip
+        "is the same."
+    )
+    return rep.machine(torch.float32, threads=False)

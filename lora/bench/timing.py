@@ -1,4 +1,5 @@
-"""Timing and memory helpers shared by the benchmarks: interleaved repetitions, peak tensor memory, reports.
+"""Timing and memory primitives under the benchmark harness (`lora.bench.harness`): interleaved repetitions, paired
+ratios, peak tensor memory, the machine description.
 
 Interleaving: every repetition ("round") runs each variant once, back to back, in an order rotated by one each
 round, so slow drifts of a shared machine's load hit all variants alike. Ratios between variants are taken per
@@ -249,21 +250,6 @@ def threads_line(device: torch.device) -> str:
             "which other jobs barely change: the CPU-time ratios are the steadier estimate on a shared machine"
         )
     return line
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def write_report(path: Path, text: str, log: Callable[[str], None] | None = None) -> Path:
-    """Write a benchmark report (creating its folder) and say so through `log`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    if log is not None:
-        log(f"wrote {path}")
-    return path
 
 
 def pct_over(ratio: float) -> str:

@@ -16,38 +16,21 @@ gradients (`zero_grad(set_to_none=True)`), so no variant's gradients outlive its
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
 from lora import methods
-from lora.bench.latency import sharing_copy
-from lora.bench.lora_core import Memory
-from lora.bench.timing import (
-    MiB,
-    Ratio,
-    Stats,
-    gradient_bytes,
-    interleaved,
-    load_average,
-    machine_lines,
-    markdown_table,
-    optimizer_state_bytes,
-    paired_ratio,
-    parameter_bytes,
-    peak_bytes,
-    resolve_device,
-    threads_line,
-    write_report,
-)
+from lora.bench.harness import Memory, Report, Session, Variant, with_method
+from lora.bench.timing import MiB, Ratio, Stats, load_average, paired_ratio
 from lora.errors import ConfigError
-from lora.models import build_model, default_kind, head_parameter_names, is_classifier, spec
+from lora.models import default_kind, spec
 
 TRAINING_METHODS = (
     "full",
@@ -167,8 +150,7 @@ class ModelResult:
 
     def exact(self, method: str) -> int:
         """Parameters + gradients + AdamW state, in bytes, computed from the tensors."""
-        m = self.memory[method]
-        return m.params + m.grads + m.optimizer
+        return self.memory[method].exact
 
 
 @dataclass
@@ -181,66 +163,29 @@ class TrainingReport:
     load_at_start: str = ""
 
 
-def make_inputs(model: nn.Module, batch: int, seq: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """input_ids (batch, seq) of non-special random ids, an all-ones mask and labels: the ids themselves for a
-    causal LM (next-token loss), random classes (batch,) for a classifier."""
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, model.config.vocab_size, (batch, seq), generator=g)
-    if is_classifier(model):
-        labels = torch.randint(0, model.config.num_labels, (batch,), generator=g)
-    else:
-        labels = ids.clone()
-    out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-    return {k: v.to(device) for k, v in out.items()}
-
-
-def variant(base: nn.Module, model: str, method: str) -> tuple[nn.Module, list[tuple[nn.Parameter, bool]]]:
+def variant(base: nn.Module, model: str, method: str) -> Variant:
     """A copy of `base` sharing its weights, with `method` applied as the paper ran it on `model` (the task head is
-    trained too), and its `requires_grad` flags, to be set again before each of its steps."""
-    copy = sharing_copy(base)
-    methods.apply(copy, method, configure(model, method), head=head_parameter_names(copy))
-    return copy, [(p, p.requires_grad) for p in copy.parameters()]
+    trained too), and its `requires_grad` flags, set again before each of its steps."""
+    return with_method(base, method, configure(model, method))
 
 
-def training_step(
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    inputs: dict[str, torch.Tensor],
-    flags: list[tuple[nn.Parameter, bool]],
-) -> Callable[[], None]:
-    """One step: this variant's `requires_grad` flags, forward, backward, AdamW step, gradients freed."""
-
-    def step() -> None:
-        for p, trainable in flags:
-            p.requires_grad_(trainable)
-        model(**inputs).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
-def measure_model(
-    cfg: TrainingConfig, name: str, device: torch.device, log: Callable[[str], None]
-) -> ModelResult:
+def measure_model(cfg: TrainingConfig, name: str, session: Session) -> ModelResult:
     """Build `name` and every method's variant, measure memory per variant and step time interleaved."""
-    log(f"{name}: building from config (random weights) on {device}, {cfg.dtype}")
-    base = build_model(name, model_kind(name), pretrained=False, device=device).to(getattr(torch, cfg.dtype))
+    log = session.log
+    log(f"{name}: building from config (random weights) on {session.device}, {cfg.dtype}")
+    base = session.build(name, model_kind(name))
     total = sum(p.numel() for p in base.parameters())
     res = ModelResult(name, total, cfg.reps if total <= 200_000_000 else cfg.large_reps)
-    inputs = make_inputs(base, cfg.batch, cfg.seq, device)
+    inputs = session.inputs(base, cfg.batch, cfg.seq)
     steps: dict[str, Callable[[], None]] = {}
     for method in cfg.methods:
         try:
-            model, flags = variant(base, name, method)
+            v = variant(base, name, method)
         except ValueError as e:  # e.g. prefix_layer on an encoder
             res.skipped[method] = str(e)
             log(f"  {method}: skipped ({e})")
             continue
-        model.train()
-        params = [p for p, trainable in flags if trainable]
-        opt = torch.optim.AdamW(params, lr=cfg.lr)
-        step = training_step(model, opt, inputs, flags)
+        step = v.step(inputs, lr=cfg.lr)
         t0 = time.perf_counter()
         try:
             step()  # warm-up: creates the AdamW state
@@ -250,11 +195,8 @@ def measure_model(
             continue
         warm = time.perf_counter() - t0
         res.labels[method] = config_label(configure(name, method))
-        res.trainable[method] = sum(p.numel() for p in params)
-        extra = peak_bytes(step, device)
-        res.memory[method] = Memory(
-            parameter_bytes(model), gradient_bytes(model), optimizer_state_bytes(opt), extra
-        )
+        res.trainable[method] = v.trainable
+        res.memory[method] = session.memory(v, step, warm=False)
         log(
             f"  {method} ({res.labels[method]}): {res.trainable[method]:,} trainable; warm-up step {warm:.1f} s; "
             f"params+grads+AdamW {res.exact(method) / MiB:,.0f} MiB, measured peak "
@@ -262,7 +204,7 @@ def measure_model(
         )
         steps[method] = step
     log(f"  timing {len(steps)} variants, {res.reps} interleaved rounds")
-    res.step = interleaved(steps, res.reps, device, warmup=0, progress=log)
+    res.step = session.time(steps, res.reps, warmup=0)
     res.time_ratio = {m: paired_ratio(s, res.step[REFERENCE]) for m, s in res.step.items()}
     res.load = load_average()
     return res
@@ -271,28 +213,40 @@ def measure_model(
 def run(
     cfg: TrainingConfig, out: Path | None = None, command: str = "", log: Callable[[str], None] = print
 ) -> TrainingReport:
-    """Measure every model in turn (each freed before the next) and write the markdown report to `out`."""
-    t_start = time.perf_counter()
-    device = resolve_device(cfg.device)
-    report = TrainingReport(cfg, command, device, load_at_start=load_average())
+    """Measure every model in turn (each freed before the next) and write the report to `out` (Markdown + CSV)."""
+    session = Session(cfg.device, cfg.dtype, None, command, log)
+    report = TrainingReport(cfg, command, session.device, load_at_start=session.load_at_start)
     for name in cfg.models:
-        res = measure_model(cfg, name, device, log)
+        res = measure_model(cfg, name, session)
         report.results.append(res)
         for m in res.step:
             mem = res.exact(m) / res.exact(REFERENCE)
             peak = res.memory[m].peak / res.memory[REFERENCE].peak
             log(f"  {m}: memory {mem:.3f} (exact) / {peak:.3f} (peak) of full FT; time {res.time_ratio[m]}")
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    report.seconds = time.perf_counter() - t_start
+        session.free()
+    report.seconds = session.seconds
     if out is not None:
-        write_report(out, render(report), log)
+        render(report, session).write(out)
     return report
 
 
 def _mib(n: int) -> str:
     return f"{n / MiB:,.1f}"
+
+
+def _frame(res: ModelResult) -> pd.DataFrame:
+    """The raw values of one model's table (bytes, milliseconds, ratios), for the CSV."""
+    ref = res.memory[REFERENCE]
+    return pd.DataFrame([
+        {"model": res.model, "method": m, "config": res.labels[m], "trainable": res.trainable[m],
+         "params_bytes": mem.params, "grads_bytes": mem.grads, "adamw_bytes": mem.optimizer, "exact_bytes": mem.exact,
+         "exact_vs_full": mem.exact / ref.exact, "peak_bytes": mem.peak, "peak_vs_full": mem.peak / ref.peak,
+         "step_ms_median": 1e3 * res.step[m].median, "step_ms_min": 1e3 * res.step[m].min,
+         "time_vs_full_median": res.time_ratio[m].median, "time_vs_full_low": res.time_ratio[m].low,
+         "time_vs_full_high": res.time_ratio[m].high, "time_vs_full_minima": res.time_ratio[m].of_minima,
+         "cpu_time_vs_full_median": paired_ratio(res.step[m], res.step[REFERENCE], clock="cpu").median}
+        for m, mem in res.memory.items()
+    ])  # fmt: skip
 
 
 def _rows(res: ModelResult, cpu_clock: bool) -> list[list[str]]:
@@ -319,8 +273,8 @@ HEADER = [
 CPU_COLUMN = ["time / full, process CPU time (median)"]
 
 
-def render(report: TrainingReport) -> str:
-    """The markdown report: claim, setup, one table per model, how memory is measured, machine."""
+def render(report: TrainingReport, session: Session) -> Report:
+    """The report: claim, setup, one table per model, how memory is measured, machine."""
     cfg, dev = report.cfg, report.device
     cpu_clock = dev.type == "cpu"
     peak_how = (
@@ -329,34 +283,20 @@ def render(report: TrainingReport) -> str:
         else "the peak of torch's CPU allocator during one steady-state step, from `torch.profiler` with "
         "`profile_memory=True` (memory BLAS/oneDNN allocate outside torch's allocator is not seen)"
     )
-    sections = []
-    for res in report.results:
-        skipped = [f"- {m}: not run ({why})" for m, why in res.skipped.items()]
-        sections += [
-            f"## {res.model} ({res.total_params / 1e6:,.1f}M parameters, {model_kind(res.model)}, "
-            f"{res.reps} timed rounds; load average after it: {res.load})",
-            "",
-            markdown_table(HEADER + (CPU_COLUMN if cpu_clock else []), _rows(res, cpu_clock)),
-            "",
-            *skipped,
-            *([""] if skipped else []),
-        ]
-    return "\n".join([
-        "# Training memory and step time: LoRA vs full fine-tuning vs the baselines",
-        "",
-        f"Made by: `{report.command}` (total {report.seconds:.0f} s).",
-        "",
+    rep = session.report("# Training memory and step time: LoRA vs full fine-tuning vs the baselines")
+    rep.text(
         "Paper (Hu et al., 2021, Section 4.2), on GPT-3 175B: training VRAM 1.2 TB -> 350 GB with LoRA (x0.29), "
         "and 25% faster training than full fine-tuning. Here: the same comparison on models we can build, "
-        "every ratio against full fine-tuning (*/ full*; below 1 = LoRA or the baseline needs less).",
-        "",
+        "every ratio against full fine-tuning (*/ full*; below 1 = LoRA or the baseline needs less)."
+    )
+    rep.text(
         f"- models built from their configs with random weights (memory and time depend on shapes only), "
         f"{cfg.dtype}; encoders as 2-label sequence classifiers, GPT-2 as a causal LM with the next-token loss",
         f"- input: batch {cfg.batch} x sequence {cfg.seq}, random token ids"
         + (
             " (small shapes for a 2-core CPU: at this size the parameter-proportional costs, the AdamW update "
             "and the weight gradients, weigh more than at the paper's batch x 512, and activations less)"
-            if dev.type == "cpu"
+            if cpu_clock
             else ""
         ),
         "- methods as the paper ran them on each model (*config*; `lora.bench.training.PAPER_OPTIONS`), the task "
@@ -374,7 +314,9 @@ def render(report: TrainingReport) -> str:
             if cpu_clock
             else ""
         ),
-        "",
+        "- the CSV beside this report holds every table's raw values (bytes, milliseconds, ratios)",
+    )
+    rep.text(
         "**Memory, two numbers.** *exact p+g+AdamW* = bytes of all parameters + gradients of the trainable ones + "
         "AdamW state (exp_avg, exp_avg_sq, step), computed from the tensors: what training must hold besides "
         f"activations. *measured peak* = parameters + AdamW state + the measured peak of what one step allocates "
@@ -382,12 +324,15 @@ def render(report: TrainingReport) -> str:
         "LoRA and the baselines remove the gradients and optimizer state of the frozen weights (the exact "
         "column); they keep the activations (backward still runs through the frozen layers), so the measured "
         "peak ratio approaches the exact one where parameters dominate memory (GPT-3 175B) and 1 where "
-        "activations do (long sequences, large batches, small models).",
-        "",
-        *sections,
-        "## Machine",
-        "",
-        *machine_lines(dev, getattr(torch, cfg.dtype), report.load_at_start),
-        threads_line(dev),
-        "",
-    ])  # fmt: skip
+        "activations do (long sequences, large batches, small models)."
+    )
+    for res in report.results:
+        rep.heading(
+            f"{res.model} ({res.total_params / 1e6:,.1f}M parameters, {model_kind(res.model)}, "
+            f"{res.reps} timed rounds; load average after it: {res.load})"
+        )
+        shown = pd.DataFrame(_rows(res, cpu_clock), columns=HEADER + (CPU_COLUMN if cpu_clock else []))
+        rep.table(_frame(res), res.model, shown=shown)
+        if res.skipped:
+            rep.text(*(f"- {m}: not run ({why})" for m, why in res.skipped.items()))
+    return rep.machine()

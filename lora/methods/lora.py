@@ -74,6 +74,20 @@ class LoRAConfig:
         return self.alpha / self.r
 
 
+def _dropped(dropout: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The LoRA branch's input: `x` itself when LoRA's dropout is 0 (its module is `nn.Identity`: no call at all),
+    else `dropout(x)` (one mask, shared by every slice of a fused projection, as loralib's)."""
+    return x if isinstance(dropout, nn.Identity) else dropout(x)
+
+
+def _add_low_rank(y: torch.Tensor, u: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """y + (u B^T) * scaling for y (..., d_out), u = x A^T (..., k), B (d_out, k), in place on the fresh product:
+    one (..., d_out) tensor besides y (the former `y + (u @ B.T) * scaling` made two). The same operations in the
+    same order as loralib's `result += (... @ B.T) * scaling`, forward and backward (the gradient reaching the
+    product is scaling * dy), so it matches loralib to float rounding (tests/methods/test_loralib_oracle.py)."""
+    return (u @ b.T).mul_(scaling).add_(y)
+
+
 def _init_pair(a: nn.Parameter, b: nn.Parameter, init: str, r: int) -> None:
     if init == "gaussian":
         nn.init.normal_(a, std=1.0 / r)
@@ -99,7 +113,7 @@ class LoRALinear(Projection):
         y = self.base_forward(x)
         if self.merged:
             return y
-        return y + (self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
+        return _add_low_rank(y, _dropped(self.lora_dropout, x) @ self.lora_A.T, self.lora_B, self.scaling)
 
     def delta(self) -> torch.Tensor:
         """(alpha/r) B A, shaped like the stored weight."""
@@ -164,20 +178,17 @@ class FusedLoRA(Projection):
             _init_pair(self.lora_A[n], self.lora_B[n], cfg.init, cfg.r)
         self.lora_dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
-    def _slice_updates(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., d_in) -> (..., d_out): the per-slice updates laid side by side, zeros on unadapted slices."""
-        x = self.lora_dropout(x)
-        parts = []
-        for s, (n, w) in enumerate(zip(self.names, self.widths, strict=True)):
-            if s in self.slices:
-                parts.append(x @ self.lora_A[n].T @ self.lora_B[n].T)
-            else:
-                parts.append(x.new_zeros(*x.shape[:-1], w))
-        return torch.cat(parts, dim=-1) * self.scaling
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One matmul pair for all adapted slices, as loralib's MergedLinear: x A^T with A the k slices' A's
+        stacked (k r, d_in), then one product with the block B of `stacked()` (d_out, k r: each slice's B in its
+        own rows and r columns, zeros elsewhere), scaled and added to the base output in place. The zero blocks
+        cost (k r) x d_out multiply-adds per token (loralib: a grouped conv1d, then a zero-padded copy); the
+        per-slice loop this replaces ran 2 k matmuls, allocated zeros for the other slices and concatenated."""
         y = self.base_forward(x)
-        return y if self.merged else y + self._slice_updates(x)
+        if self.merged:
+            return y
+        a, b = self.stacked()
+        return _add_low_rank(y, _dropped(self.lora_dropout, x) @ a.T, b, self.scaling)
 
     def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-slice factors as ONE LoRA over the whole module, with the same product: A (k r, d_in) stacks the

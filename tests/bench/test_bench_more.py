@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from lora.bench import cost, figure5, storage, training
+from lora.models import build_model
+
+from .helpers import QUIET, has_row, report_csv
 
 ROOT = Path(__file__).resolve().parents[2]
-QUIET = lambda s: None  # noqa: E731
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -34,9 +36,7 @@ def test_training_runs_every_method_and_writes_its_report(tmp_path: Path) -> Non
     assert list(gpt2.step) == list(training.TRAINING_METHODS)  # prefix_layer runs on GPT-2
     for res in report.results:
         full = res.memory["full"]
-        n_tensors = sum(
-            1 for _ in training.build_model(res.model, training.model_kind(res.model)).parameters()
-        )
+        n_tensors = sum(1 for _ in build_model(res.model, training.model_kind(res.model)).parameters())
         # Full FT: a gradient per parameter; AdamW: exp_avg + exp_avg_sq (2x the parameters) + a 4-byte fp32 step
         # scalar per parameter tensor (torch.optim.AdamW's state layout).
         assert full.grads == full.params
@@ -54,8 +54,12 @@ def test_training_runs_every_method_and_writes_its_report(tmp_path: Path) -> Non
     text = out.read_text()
     assert "`python experiments/bench.py training --test`" in text
     assert "## tiny-roberta" in text and "## tiny-gpt2" in text and "load average" in text
-    assert "| lora | r=8 alpha=8.0 targets=q,v | 3,170 |" in text
+    assert has_row(text, "lora", "r=8 alpha=8.0 targets=q,v", "3,170")
     assert "prefix_layer: not run (prefix_layer supports gpt2" in text
+    csv = report_csv(out)
+    assert set(csv["table"]) == {"tiny-roberta", "tiny-gpt2"}
+    lora = csv[(csv["table"] == "tiny-roberta") & (csv["method"] == "lora")].iloc[0]
+    assert lora["trainable"] == 3170 and lora["exact_bytes"] == roberta.exact("lora")
 
 
 def test_training_config_is_validated() -> None:
@@ -98,6 +102,8 @@ def test_storage_counts_match_the_files_written(tmp_path: Path) -> None:
     text = out.read_text()
     assert "`python experiments/bench.py storage --test`" in text and "## GPT-3 175B" in text
     assert "18,874,368 parameters" in text
+    csv = report_csv(out).set_index(["model", "method"])
+    assert csv.loc[("tiny-gpt2", "lora"), "checkpoint_bytes"] == 9024
 
 
 def test_gpt3_lora_is_the_papers_arithmetic() -> None:
@@ -139,6 +145,7 @@ def test_figure5_runs_the_grid_and_draws_it(tmp_path: Path) -> None:
     text = out.read_text()
     assert "`python experiments/bench.py figure5 --test`" in text and "the grid is reduced" in text
     assert "Merged LoRA / base" in text and "![Figure 5](figure5.png)" in text
+    assert len(report_csv(out)) == 4 * len(names)  # one row per cell and variant
 
 
 def test_figure5_config_is_validated() -> None:
@@ -179,6 +186,8 @@ def test_cost_sweeps_rank_and_width(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == PNG_MAGIC
     text = out.read_text()
     assert "`python experiments/bench.py cost --test`" in text and "## Rank sweep (d = 64)" in text
+    csv = report_csv(out)
+    assert sorted(csv[csv["table"] == "rank"]["r"].fillna(0).astype(int)) == [0, 1, 2, 4]  # 0: full FT
 
 
 def test_cost_config_is_validated() -> None:
@@ -203,7 +212,7 @@ def test_cli_options_and_report_paths(capsys: pytest.CaptureFixture[str]) -> Non
     cli = _bench_cli()
     for argv, message in [
         (["storage", "--gpu-full"], "--gpu-full applies to the training benchmark only"),
-        (["training", "--full"], "--full applies to the latency, figure5 and cost benchmarks only"),
+        (["training", "--full"], "--full applies to the latency, figure5, cost, fast-path, mfu and trace"),
         (["cost", "--threads", "0"], "--threads must be >= 1"),
     ]:
         with pytest.raises(SystemExit) as exc:
@@ -217,6 +226,9 @@ def test_cli_options_and_report_paths(capsys: pytest.CaptureFixture[str]) -> Non
         == ROOT / "results/bench/training_gpu.md"
     )
     assert cli._out(cli.parse_args(["cost", "--quick"]), "cost") == ROOT / "outputs/bench/cost_quick.md"
+    assert cli._out(cli.parse_args(["fast-path"]), "fast_path") == ROOT / "results/bench/fast_path.md"
+    full = cli.parse_args(["mfu", "--full", "--peak-tflops", "989.4"])
+    assert cli._device(full) == "cuda" and full.peak_tflops == 989.4
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error for a missing GPU")

@@ -13,10 +13,12 @@ import torch
 
 from lora.bench import latency, lora_core
 from lora.bench.timing import Stats, interleaved, paired_ratio, peak_bytes
+from lora.models import build_model
+
+from .helpers import QUIET, has_row, report_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
-QUIET = lambda s: None  # noqa: E731
 VIEW_OPS = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::_unsafe_view"}
 
 
@@ -83,7 +85,12 @@ def test_lora_core_runs_and_writes_its_report(tmp_path: Path) -> None:
     assert all(0 < r.low <= r.median <= r.high and r.of_minima > 0 for r in report.ratios.values())
     text = out.read_text()
     assert "`python experiments/bench.py lora-core --test`" in text
-    assert "| LoRA (peft) | 3,170 |" in text and "## Ratios" in text and "load average" in text
+    assert has_row(text, "LoRA (peft)", "3,170") and "## Ratios" in text and "load average" in text
+    csv = report_csv(out)
+    assert set(csv["table"]) == {"step", "forward", "ratios"}
+    step = csv[csv["table"] == "step"].set_index("variant")
+    assert step.loc["LoRA (peft)", "trainable"] == 3170
+    assert step.loc["full FT", "peak_bytes"] == report.memory[full].peak
 
 
 @pytest.mark.parametrize("name", ["tiny-roberta", "tiny-gpt2"])
@@ -95,7 +102,7 @@ def test_merged_lora_runs_exactly_the_base_models_ops(name: str) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     kind = "causal_lm" if name == "tiny-gpt2" else "classification"
-    base = lora_core.build_model(name, kind).eval()
+    base = build_model(name, kind).eval()
     merged = latency.merged_lora(base, r=4, alpha=8)[0].eval()
     ids = torch.randint(5, 512, (2, 8), generator=torch.Generator().manual_seed(0))
 
@@ -110,7 +117,7 @@ def test_merged_lora_runs_exactly_the_base_models_ops(name: str) -> None:
 
 def test_lora_core_refuses_a_fused_model() -> None:
     pytest.importorskip("peft")
-    base = lora_core.build_model("tiny-gpt2", "causal_lm")
+    base = build_model("tiny-gpt2", "causal_lm")
     with pytest.raises(ValueError, match="fuses q, k and v"):
         lora_core.with_peft_lora(base, lora_core.CoreConfig(model="tiny-gpt2"))
 
@@ -138,6 +145,12 @@ def test_latency_runs_and_writes_table1(tmp_path: Path) -> None:
     text = out.read_text()
     assert "`python experiments/bench.py latency --test`" in text
     assert "1449.4 ± 0.8" in text and "+30.3%" in text  # the paper's cells, read from the CSV
+    assert list(report_csv(out)["variant"][:4]) == [
+        latency.BASE,
+        latency.LORA,
+        latency.ADAPTER_L,
+        latency.ADAPTER_H,
+    ]
 
 
 def test_bottleneck_for_gpt2_medium_follows_the_papers_count() -> None:
