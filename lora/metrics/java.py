@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import shutil
 
+from lora.errors import InputNotFound
 
-class JavaNotFoundError(FileNotFoundError):
-    """No `java` on PATH."""
+
+class JavaNotFoundError(InputNotFound):
+    """No `java` on PATH (a user error: one line, exit status 2, from every entry point)."""
 
 
 def require_java() -> str:
